@@ -1,0 +1,1 @@
+"""The constitutions shipped with plumb (installed as the package plumb.constitutions)."""

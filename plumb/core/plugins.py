@@ -1,0 +1,185 @@
+"""Build the plugin manager: builtins, installed entry points, workspace files.
+
+Builtin plugins are ordinary plugins listed in ``DEFAULT_PLUGINS``; third-party
+ones register through the ``plumb`` entry-point group; a workspace may name
+single-file plugins in ``plumb.toml`` (``plugins = ["./my_verifier.py"]``).
+
+A plugin that fails to import, or that implements a hook plumb does not have,
+is skipped with one warning naming it and the reason; the rest keeps working.
+Set ``PLUMB_STRICT_PLUGINS=1`` to make such a failure fatal instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Iterable
+
+import pluggy
+
+from plumb.core import hookspecs
+
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "plumb.plugins.verifiers",
+)
+ENTRY_POINT_GROUP = "plumb"
+
+
+class PluginWarning(UserWarning):
+    pass
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    source: str  # "builtin", "entry point <dist> <version>", or a file path
+    version: str
+    hooks: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+class PlumbPluginManager(pluggy.PluginManager):
+    """A PluginManager that remembers where each plugin came from and which failed."""
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.add_hookspecs(hookspecs)
+        self.sources: dict[str, tuple[str, str]] = {}
+        self.failures: list[PluginInfo] = []
+
+    def add(self, obj: Any, name: str, source: str, version: str) -> bool:
+        """Register one plugin; on a bad hook, unregister it and record why."""
+        try:
+            self.register(obj, name=name)
+            self._check(obj)
+        except Exception as exc:  # pluggy raises PluginValidationError, plugins anything
+            if self.is_registered(obj):
+                self.unregister(obj)
+            return self._fail(name, source, version, _reason(exc))
+        self.sources[name] = (source, version)
+        return True
+
+    def _check(self, plugin: Any) -> None:
+        for attr in dir(plugin):
+            if not attr.startswith("plumb_"):
+                continue
+            if self.parse_hookimpl_opts(plugin, attr) is None:
+                continue
+            caller = getattr(self.hook, attr, None)
+            if caller is None or not caller.has_spec():
+                known = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("plumb_")))
+                raise pluggy.PluginValidationError(
+                    plugin, f"unknown hook {attr!r} (plumb has: {known})"
+                )
+
+    def _fail(self, name: str, source: str, version: str, reason: str) -> bool:
+        if os.environ.get("PLUMB_STRICT_PLUGINS"):
+            raise RuntimeError(f"plugin {name} ({source}) failed: {reason}")
+        self.failures.append(PluginInfo(name, source, version, error=reason))
+        warnings.warn(
+            f"plumb: skipped plugin {name!r} from {source}: {reason}. "
+            "The rest of plumb keeps working; fix or uninstall the plugin to silence this.",
+            PluginWarning,
+            stacklevel=2,
+        )
+        return False
+
+    def describe(self) -> list[PluginInfo]:
+        """Every plugin, loaded or failed, with the hooks it implements."""
+        out = []
+        for name, plugin in self.list_name_plugin():
+            if plugin is None:
+                continue
+            source, version = self.sources.get(name, ("?", "?"))
+            hooks = sorted(c.name for c in self.get_hookcallers(plugin) or [])
+            out.append(PluginInfo(name, source, version, hooks))
+        return out + list(self.failures)
+
+    def registered(self, hook: str) -> list[tuple[str, str]]:
+        """Collect ``(name, description)`` pairs from a registration hook."""
+        found: list[tuple[str, str]] = []
+
+        def register(name: str, description: str = "") -> None:
+            found.append((name, description))
+
+        getattr(self.hook, hook)(register=register)
+        return found
+
+
+def _reason(exc: BaseException) -> str:
+    msg = str(exc) or type(exc).__name__
+    if isinstance(exc, pluggy.PluginValidationError):
+        msg = msg.split("\n")[0]
+    return f"{type(exc).__name__}: {msg}" if not isinstance(exc, pluggy.PluginValidationError) else msg
+
+
+def load_file_plugin(path: Path) -> ModuleType:
+    """Import a single-file plugin by path."""
+    name = f"plumb_file_plugin_{path.stem}_{abs(hash(str(path))) % 10**8}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def get_plugin_manager(
+    plugin_files: Iterable[str | Path] = (), *, base_dir: Path | None = None,
+    entry_points: bool = True,
+) -> PlumbPluginManager:
+    """The plugin manager for one process: builtins, entry points, then files.
+
+    ``plugin_files`` are paths from a workspace's plumb.toml, relative to
+    ``base_dir`` (the workspace directory).
+    """
+    from plumb import __version__
+
+    pm = PlumbPluginManager()
+    for modname in DEFAULT_PLUGINS:
+        try:
+            module = importlib.import_module(modname)
+        except Exception as exc:
+            pm._fail(modname, "builtin", __version__, _reason(exc))
+            continue
+        pm.add(module, modname, "builtin", __version__)
+
+    if entry_points and not os.environ.get("PLUMB_NO_ENTRY_POINTS"):
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = getattr(ep, "dist", None)
+            version = getattr(dist, "version", "?") if dist else "?"
+            source = f"entry point ({dist.name if dist else ep.value})"
+            try:
+                obj = ep.load()
+            except Exception as exc:
+                pm._fail(ep.name, source, version, _reason(exc))
+                continue
+            pm.add(obj, ep.name, source, version)
+
+    for item in plugin_files:
+        path = Path(item)
+        if base_dir is not None and not path.is_absolute():
+            path = base_dir / path
+        path = path.resolve()
+        if not path.is_file():
+            pm._fail(str(item), str(path), "?", "file not found (check `plugins` in plumb.toml)")
+            continue
+        try:
+            module = load_file_plugin(path)
+        except Exception as exc:
+            pm._fail(path.stem, str(path), "?", _reason(exc))
+            continue
+        pm.add(module, path.stem, str(path), str(getattr(module, "__version__", "file")))
+    return pm

@@ -1,0 +1,1 @@
+"""Data files shipped with plumb (the quickstart preference set)."""

@@ -1,0 +1,103 @@
+"""Text verifiers for measurable principles: word and sentence limits, no
+exclamation marks, answer-first, regex, exact answer.
+
+A constitution names them in ``[[principles.checks]]``; ``check_completion``
+runs them. Each verifier answers only for a task whose ``meta["check"]`` names
+it (or, for ``exact``, a task with an ``answer``) and returns None otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from plumb.core.hookspecs import hookimpl
+from plumb.core.records import Completion, Reward, Task
+
+_FILLER = re.compile(
+    r"^\s*(great|good|excellent|interesting|what a|that's a|thanks|thank you|certainly|sure|of course|"
+    r"absolutely|i'd be happy|i would be happy|happy to|let me|as an ai|hello|hi)\b",
+    re.IGNORECASE,
+)
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def _max_words(text: str, n: int = 80) -> tuple[float, str]:
+    w = words(text)
+    return float(w <= n), f"{w} words (limit {n})"
+
+
+def _max_sentences(text: str, n: int = 3) -> tuple[float, str]:
+    s = len([p for p in re.split(r"(?<=[.!?])\s+", text.strip()) if p])
+    return float(s <= n), f"{s} sentences (limit {n})"
+
+
+def _no_exclamation(text: str) -> tuple[float, str]:
+    c = text.count("!")
+    return float(c == 0), f"{c} exclamation marks"
+
+
+def _starts_with_answer(text: str) -> tuple[float, str]:
+    first = text.strip().split("\n", 1)[0]
+    filler = bool(_FILLER.match(first))
+    return float(not filler), "opens with filler" if filler else "opens with content"
+
+
+def _regex(text: str, pattern: str, must_match: bool = True) -> tuple[float, str]:
+    try:
+        found = re.search(pattern, text) is not None
+    except re.error as exc:
+        return 0.0, f"bad pattern: {exc}"
+    return float(found == must_match), f"pattern {'found' if found else 'not found'}"
+
+
+CHECKS: dict[str, tuple[Callable[..., tuple[float, str]], str]] = {
+    "max_words": (_max_words, "1 if the answer has at most n words"),
+    "max_sentences": (_max_sentences, "1 if the answer has at most n sentences"),
+    "no_exclamation": (_no_exclamation, "1 if the answer has no '!'"),
+    "starts_with_answer": (_starts_with_answer, "1 unless the answer opens with filler ('Great question!')"),
+    "regex": (_regex, "1 if `pattern` is found (or not found, with must_match = false)"),
+}
+
+
+@hookimpl
+def plumb_register_verifiers(register):
+    for name, (_, doc) in CHECKS.items():
+        register(name, doc)
+    register("exact", "1 if the stripped answer equals the task's expected answer")
+
+
+@hookimpl
+def plumb_reward(task: Task, completion: Completion) -> Reward | None:
+    check = task.meta.get("check")
+    if check is not None:
+        name = check.get("verifier")
+        if name not in CHECKS:
+            return None
+        fn = CHECKS[name][0]
+        try:
+            value, detail = fn(completion.text, **check.get("params", {}))
+        except TypeError as exc:
+            return Reward(name, 0.0, f"bad params for {name}: {exc}")
+        return Reward(name, value, detail)
+    if task.answer is not None:
+        ok = completion.text.strip() == str(task.answer).strip()
+        return Reward("exact", float(ok), "match" if ok else "no match")
+    return None
+
+
+def check_completion(pm: Any, constitution: Any, completion: Completion) -> list[tuple[str, Reward]]:
+    """Run every check of every principle on one completion: [(principle_id, reward)]."""
+    from plumb.core.records import Chat
+
+    results = []
+    for p in constitution.principles:
+        for c in p.checks:
+            task = Task(prompt=Chat(()), meta={"check": {"verifier": c.verifier, "params": dict(c.params)}})
+            for reward in pm.hook.plumb_reward(task=task, completion=completion):
+                if reward is not None and reward.name == c.verifier:
+                    results.append((p.id, reward))
+    return results

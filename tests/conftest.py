@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+os.environ.setdefault("PLUMB_NO_ENTRY_POINTS", "")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama + trained BPE tokenizer on disk (built once per session)."""
+    from tests.tiny import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """A fresh workspace, with the cwd inside it."""
+    from plumb.core.workspace import init_workspace
+
+    ws = init_workspace(tmp_path / "ws")
+    monkeypatch.chdir(ws.root)
+    monkeypatch.delenv("PLUMB_WORKSPACE", raising=False)
+    return ws
