@@ -114,10 +114,9 @@ class PlumbPluginManager(pluggy.PluginManager):
 
 
 def _reason(exc: BaseException) -> str:
-    msg = str(exc) or type(exc).__name__
-    if isinstance(exc, pluggy.PluginValidationError):
-        msg = msg.split("\n")[0]
-    return f"{type(exc).__name__}: {msg}" if not isinstance(exc, pluggy.PluginValidationError) else msg
+    if isinstance(exc, pluggy.PluginValidationError):  # pluggy's own message says what is wrong
+        return str(exc).split("\n")[0]
+    return f"{type(exc).__name__}: {exc}"
 
 
 def load_file_plugin(path: Path) -> ModuleType:

@@ -1,0 +1,158 @@
+"""The plugin manager: builtins, files from plumb.toml, broken plugins reported not fatal."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+from plumb.cli import cli
+from plumb.core.hookspecs import hookimpl
+from plumb.core.plugins import PluginWarning, get_plugin_manager
+from plumb.core.records import Chat, Completion, Reward, Task
+
+
+@pytest.fixture
+def pm():
+    return get_plugin_manager(entry_points=False)
+
+
+@pytest.fixture
+def throwaway(pm):
+    """Register a plugin for one test, unregister it after."""
+
+    class Plugin:
+        @hookimpl
+        def plumb_reward(self, task, completion):
+            return Reward("shouty", float(completion.text.isupper()))
+
+    plugin = Plugin()
+    pm.register(plugin, name="throwaway")
+    try:
+        yield pm
+    finally:
+        pm.unregister(plugin)
+
+
+def _completion(text: str) -> Completion:
+    return Completion(text=text, model="m", backend="test")
+
+
+def test_throwaway_plugin_contributes_a_reward(throwaway):
+    pm = throwaway
+    pm.check_pending()
+    rewards = pm.hook.plumb_reward(task=Task(prompt=Chat(())), completion=_completion("HI"))
+    assert Reward("shouty", 1.0) in rewards
+
+
+def test_builtin_verifiers_are_registered(pm):
+    names = [n for n, _ in pm.registered("plumb_register_verifiers")]
+    assert {"max_words", "no_exclamation", "starts_with_answer", "regex", "exact"} <= set(names)
+    task = Task(prompt=Chat(()), meta={"check": {"verifier": "max_words", "params": {"n": 3}}})
+    rewards = [r for r in pm.hook.plumb_reward(task=task, completion=_completion("one two three four")) if r]
+    assert [r.value for r in rewards] == [0.0]
+
+
+GOOD = """
+from plumb import hookimpl
+from plumb.core.records import Reward
+__version__ = "1.2"
+
+@hookimpl
+def plumb_register_verifiers(register):
+    register("has_please", "1 if the answer says please")
+
+@hookimpl
+def plumb_reward(task, completion):
+    return Reward("has_please", float("please" in completion.text))
+"""
+
+BROKEN_IMPORT = "import does_not_exist_anywhere\n"
+
+UNKNOWN_HOOK = """
+from plumb import hookimpl
+
+@hookimpl
+def plumb_rewrad(task, completion):
+    return None
+"""
+
+RAISES_ON_IMPORT = "raise RuntimeError('boom at import')\n"
+
+
+def _write_ws_plugins(ws, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (ws.root / name).write_text(text)
+    cfg = (ws.root / "plumb.toml").read_text().replace(
+        "plugins = []", "plugins = [" + ", ".join(f'"./{n}"' for n in files) + "]"
+    )
+    (ws.root / "plumb.toml").write_text(cfg)
+
+
+def test_file_plugins_good_and_broken(workspace, runner):
+    _write_ws_plugins(workspace, {
+        "good.py": GOOD, "broken.py": BROKEN_IMPORT, "typo.py": UNKNOWN_HOOK, "raises.py": RAISES_ON_IMPORT,
+    })
+    from plumb.core.workspace import open_workspace
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pm = open_workspace(workspace.root).plugin_manager()
+    messages = [str(w.message) for w in caught if issubclass(w.category, PluginWarning)]
+    assert len(messages) == 3
+    assert any("broken" in m and "does_not_exist_anywhere" in m for m in messages)
+    assert any("typo" in m and "plumb_rewrad" in m for m in messages)
+    assert any("raises" in m and "boom at import" in m for m in messages)
+    # The good plugin and the builtins still work.
+    assert "has_please" in [n for n, _ in pm.registered("plumb_register_verifiers")]
+    rewards = pm.hook.plumb_reward(task=Task(prompt=Chat(())), completion=_completion("yes please"))
+    assert Reward("has_please", 1.0) in rewards
+
+    result = runner.invoke(cli, ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    by_name = {p["name"]: p for p in data["plugins"]}
+    assert by_name["good"]["version"] == "1.2"
+    assert by_name["good"]["hooks"] == ["plumb_register_verifiers", "plumb_reward"]
+    assert "plumb_rewrad" in by_name["typo"]["error"]
+    assert by_name["plumb.plugins.verifiers"]["source"] == "builtin"
+
+
+def test_missing_plugin_file_is_a_warning(workspace, runner):
+    cfg = (workspace.root / "plumb.toml").read_text().replace("plugins = []", 'plugins = ["./nope.py"]')
+    (workspace.root / "plumb.toml").write_text(cfg)
+    result = runner.invoke(cli, ["plugins"])
+    assert result.exit_code == 0
+    assert "FAILED: file not found" in result.stdout
+
+
+def test_strict_mode_makes_failures_fatal(workspace, monkeypatch):
+    _write_ws_plugins(workspace, {"broken.py": BROKEN_IMPORT})
+    monkeypatch.setenv("PLUMB_STRICT_PLUGINS", "1")
+    from plumb.core.workspace import open_workspace
+
+    with pytest.raises(RuntimeError, match="broken"):
+        open_workspace(workspace.root).plugin_manager()
+
+
+def test_entry_point_plugins_load_and_fail_softly(monkeypatch):
+    import importlib.metadata as md
+    import sys
+    import types
+
+    mod = types.ModuleType("fake_ep_plugin")
+    exec(GOOD, mod.__dict__)
+    sys.modules["fake_ep_plugin"] = mod
+    eps = [
+        md.EntryPoint(name="fake", value="fake_ep_plugin", group="plumb"),
+        md.EntryPoint(name="gone", value="no_such_module_xyz", group="plumb"),
+    ]
+    monkeypatch.setattr(md, "entry_points", lambda group=None: eps if group == "plumb" else [])
+    monkeypatch.delenv("PLUMB_NO_ENTRY_POINTS", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pm = get_plugin_manager()
+    assert any("gone" in str(w.message) for w in caught)
+    assert "has_please" in [n for n, _ in pm.registered("plumb_register_verifiers")]
+    sys.modules.pop("fake_ep_plugin")
