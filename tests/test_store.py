@@ -99,7 +99,7 @@ while True:
 def test_kill_at_any_moment_leaves_db_consistent(tmp_path):
     db = tmp_path / "kill.db"
     Store(db).close()
-    for delay in (0.3, 0.7, 1.1):
+    for kills, delay in enumerate((0.3, 0.7, 1.1), start=1):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(delay)], stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(delay)
@@ -113,6 +113,6 @@ def test_kill_at_any_moment_leaves_db_consistent(tmp_path):
         # Every committed pair is whole: 2 samples and 1 judgment per prompt.
         assert counts["samples"] == 2 * counts["prompts"]
         assert counts["judgments"] == counts["prompts"]
-        # At most the write in flight is lost.
-        assert counts["prompts"] - 1 <= counts["labels"] <= counts["prompts"]
+        # At most the write in flight is lost, per kill.
+        assert counts["prompts"] - kills <= counts["labels"] <= counts["prompts"]
         store.close()
