@@ -52,9 +52,9 @@ def cli(ctx: click.Context, workspace: str | None) -> None:
 
 
 def _register() -> None:
-    from plumb.commands import constitution, data, workspace
+    from plumb.commands import constitution, data, models, workspace
 
-    for module in (workspace, constitution, data):
+    for module in (workspace, constitution, data, models):
         module.register(cli)
 
 
@@ -75,9 +75,13 @@ def main() -> None:
     except Exception as exc:  # a bug or a plugin that raised: one paragraph, traceback on request
         if os.environ.get("PLUMB_DEBUG"):
             raise
+        import traceback
+
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
         click.echo(
-            f"error: unexpected {type(exc).__name__}: {exc}. This is a bug in plumb or in a plugin; "
-            "run again with PLUMB_DEBUG=1 to see the traceback and report it.",
+            f"error: unexpected {type(exc).__name__}: {exc} (raised at {frame.filename}:{frame.lineno}). "
+            "This is a bug in plumb or in the plugin that file belongs to; run again with PLUMB_DEBUG=1 "
+            "to see the traceback, and report it or disable the plugin in plumb.toml.",
             err=True,
         )
         sys.exit(1)

@@ -156,3 +156,24 @@ def test_entry_point_plugins_load_and_fail_softly(monkeypatch):
     assert any("gone" in str(w.message) for w in caught)
     assert "has_please" in [n for n, _ in pm.registered("plumb_register_verifiers")]
     sys.modules.pop("fake_ep_plugin")
+
+
+RAISES_AT_CALL = """
+from plumb import hookimpl
+
+@hookimpl
+def plumb_register_verifiers(register):
+    raise ValueError("verifier table is corrupt")
+"""
+
+
+def test_plugin_raising_at_call_time_is_one_paragraph(workspace, tmp_path):
+    import subprocess
+    import sys
+
+    _write_ws_plugins(workspace, {"angry.py": RAISES_AT_CALL})
+    out = subprocess.run([sys.executable, "-m", "plumb", "plugins"], capture_output=True, text=True,
+                         cwd=workspace.root, timeout=60)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert "verifier table is corrupt" in out.stderr and "angry.py:6" in out.stderr
