@@ -16,7 +16,8 @@ from plumb.core.records import Completion, Reward, Task
 
 _FILLER = re.compile(
     r"^\s*(great|good|excellent|interesting|what a|that's a|thanks|thank you|certainly|sure|of course|"
-    r"absolutely|i'd be happy|i would be happy|happy to|let me|as an ai|hello|hi)\b",
+    r"absolutely|i'd be happy|i would be happy|happy to|let me|let's|as an ai|hello|hi|oh|ooh|ah|wow|"
+    r"i'm so glad|i am so glad|i'm glad|so,)\b",
     re.IGNORECASE,
 )
 
@@ -41,8 +42,13 @@ def _no_exclamation(text: str) -> tuple[float, str]:
 
 
 def _starts_with_answer(text: str) -> tuple[float, str]:
-    first = text.strip().split("\n", 1)[0]
-    filler = bool(_FILLER.match(first))
+    """Filler opener: a stock phrase, a short exclamation, or talk about the question itself."""
+    first = re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0]
+    filler = (
+        bool(_FILLER.match(first))
+        or (first.endswith("!") and len(first.split()) <= 8)
+        or bool(re.search(r"\b(a|an|such an?|this|what an?)\s+(\w+\s+)?(question|thing to ask)\b", first, re.I))
+    )
     return float(not filler), "opens with filler" if filler else "opens with content"
 
 
