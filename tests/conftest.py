@@ -31,3 +31,11 @@ def workspace(tmp_path, monkeypatch):
     monkeypatch.chdir(ws.root)
     monkeypatch.delenv("PLUMB_WORKSPACE", raising=False)
     return ws
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model exported to an f16 GGUF by plumb's own exporter (built once per session)."""
+    from plumb.export import export_gguf
+
+    return export_gguf(tiny_model_dir, tmp_path_factory.mktemp("tiny-gguf") / "tiny.f16.gguf", "f16")
