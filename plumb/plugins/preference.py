@@ -1,0 +1,48 @@
+"""Builtin optimizers: DPO, IPO, hinge, KTO, ORPO and SFT with a LoRA adapter.
+
+A thin plugin over ``plumb.train``: it answers ``plumb_optimize`` for its six
+methods (``None`` for any other, so another plugin may answer), trains, and
+with ``gguf = true`` in the run config also writes the adapter as a GGUF LoRA
+that llama.cpp loads on top of the base GGUF. torch, transformers and peft are
+imported only when a run starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from plumb.core.hookspecs import hookimpl
+from plumb.core.records import Run, RunResult
+from plumb.train import METHODS
+
+
+@hookimpl
+def plumb_register_methods(register) -> None:
+    for name, description in METHODS.items():
+        register(name, description)
+
+
+@hookimpl
+def plumb_optimize(method: str, run: Run) -> RunResult | None:
+    if method not in METHODS:
+        return None
+    from plumb.train.loop import train
+
+    result = train(run)
+    if run.config.get("gguf"):
+        result.artifacts.append(("gguf-lora", export_gguf(result.adapter_dir, run)))
+    return result
+
+
+def export_gguf(adapter_dir: str, run: Run) -> str:
+    """Convert the peft adapter to a GGUF LoRA next to it (plumb.export.lora_to_gguf)."""
+    from plumb.core.errors import PlumbError
+
+    try:
+        from plumb.export.lora_to_gguf import export_lora
+    except ImportError as exc:
+        raise PlumbError(f"--gguf: the GGUF LoRA exporter is not available ({exc}); the peft adapter is saved "
+                         f"in {adapter_dir}.") from None
+    out_path = Path(run.out_dir) / "adapter.gguf"
+    export_lora(adapter_dir, str(out_path), base_dir=run.policy.target)
+    return str(out_path)
