@@ -53,8 +53,10 @@ def cli(ctx: click.Context, workspace: str | None) -> None:
 
 def _register() -> None:
     from plumb.commands import constitution, data, models, workspace
+    from plumb.commands import export, generate, quickstart
+    from plumb.commands import train
 
-    for module in (workspace, constitution, data, models):
+    for module in (workspace, constitution, data, models, generate, export, quickstart, train):
         module.register(cli)
 
 

@@ -28,6 +28,11 @@ from plumb.core import hookspecs
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "plumb.plugins.verifiers",
+    "plumb.plugins.llamacpp",
+    "plumb.plugins.openai_http",
+    "plumb.plugins.hf_generate",
+    "plumb.plugins.anthropic_api",
+    "plumb.plugins.preference",
 )
 ENTRY_POINT_GROUP = "plumb"
 
