@@ -52,3 +52,13 @@ def test_generate_command_rejects_bad_spec(runner, workspace):
 
     result = runner.invoke(cli, ["generate", "--model", "gguf:x", "hello"])
     assert result.exit_code == 2 and "Accepted forms" in result.output
+
+
+def test_missing_model_lists_what_is_there(runner, workspace):
+    from plumb.cli import cli
+
+    result = runner.invoke(cli, ["generate", "--model", "llamacpp:nope.gguf", "hi"])
+    assert result.exit_code == 2
+    assert "'nope.gguf' not found" in result.stderr and "llamacpp:starter" in result.stderr
+    result = runner.invoke(cli, ["train", "dpo", "--policy", "hf:./no-such-dir", "--data", "workspace"])
+    assert result.exit_code == 2 and "hf:starter" in result.stderr

@@ -203,6 +203,17 @@ def test_other_methods_move_the_heldout_preference(tiny_model_dir, tmp_path, pol
     assert margins.mean() > 0.5 and (margins > 0).float().mean() >= 0.75, margins
 
 
+def test_rpo_alpha_keeps_chosen_likely(tiny_model_dir, tmp_path):
+    """DPO alone can push both answers down; RPO's NLL term on chosen keeps the chosen answers likely."""
+    pairs, held = make_pairs(32, 0), make_pairs(16, 1)
+    _, plain = run_method(tiny_model_dir, tmp_path / "plain", "dpo", 12, pairs, held)
+    _, rpo = run_method(tiny_model_dir, tmp_path / "rpo", "dpo", 12, pairs, held, rpo_alpha=1.0)
+    assert "nll_loss" in rpo[-1] and "nll_loss" not in plain[-1]
+    assert rpo[-1]["logps/chosen"] > plain[-1]["logps/chosen"] + 1.0
+    assert rpo[-1]["logps/chosen"] > rpo[0]["logps/chosen"]
+    assert rpo[-1]["nll_loss"] < 0.5 * rpo[0]["nll_loss"]
+
+
 def test_sft_lowers_heldout_nll(tiny_model_dir, tmp_path):
     held = as_rows(make_pairs(8, 1), "sft")
     _, steps = run_method(tiny_model_dir, tmp_path, "sft", 12, make_pairs(32, 0), held, eval_every=1)

@@ -56,12 +56,14 @@ def generate(ctx: click.Context, prompts: tuple[str, ...], model_spec: str | Non
              constitution: str | None, temperature: float, top_p: float, max_tokens: int, seed: int | None,
              stop: tuple[str, ...], split: str, as_json: bool) -> None:
     """Sample N answers per prompt and store them (PROMPTS, or the workspace's prompts)."""
+    from plumb.commands.models import check_exists
     from plumb.core.models import parse_spec
     from plumb.core.records import Chat, SamplingParams
     from plumb.core.store import Provenance
 
     ws = workspace_from(ctx)
     spec = parse_spec(model_spec or ws.model("generate"), role="generate")
+    check_exists(spec, ws.root)
     const = ws.constitution(constitution)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
                             stop=tuple(stop))

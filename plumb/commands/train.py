@@ -127,6 +127,7 @@ def train(ctx: click.Context, method: str, policy: str | None, data_src: str, co
     from plumb import __version__
     from plumb.core.errors import PlumbError
     from plumb.core.events import fan_out, to_store
+    from plumb.commands.models import check_exists
     from plumb.core.models import parse_spec
     from plumb.core.plugins import get_plugin_manager
     from plumb.core.records import Run
@@ -143,6 +144,7 @@ def train(ctx: click.Context, method: str, policy: str | None, data_src: str, co
     config.update({"resume": resume or bool(config.get("resume")), "gguf": gguf or bool(config.get("gguf"))})
     TrainConfig.from_dict({**config, "method": method})  # validate before loading anything
     spec = parse_spec(policy or (ws.model("train") if ws else "starter"), role="train")
+    check_exists(spec, ws.root if ws else None)
 
     store = ws.store() if ws else None
     try:

@@ -68,6 +68,7 @@ class TrainConfig:
     beta: float = 0.1
     loss_type: str | None = None  # dpo: sigmoid | robust; defaults from the method
     label_smoothing: float = 0.0  # cDPO (sigmoid) / robust DPO
+    rpo_alpha: float | None = None  # dpo family: + alpha * NLL on chosen (RPO; TRL's rpo_alpha)
     desirable_weight: float = 1.0  # kto
     undesirable_weight: float = 1.0  # kto
     max_length: int = 1024

@@ -32,6 +32,7 @@ import math
 import random
 import resource
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,15 @@ def load_policy(target: str, cfg: TrainConfig, device: str):
     torch.manual_seed(cfg.seed)  # lora_A's init
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora).to(device)
+    with warnings.catch_warnings():  # peft 0.21 reads transformers 5's deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
+        model = get_peft_model(model, lora).to(device)
     if cfg.gradient_checkpointing:
-        model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base = model.get_base_model()
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model, tokenizer
 
@@ -240,8 +247,13 @@ def batch_loss(model, examples, ref, cfg: TrainConfig, pad_id, device, autocast)
     else:
         per, _, _ = losses.dpo_loss(pc, pr, rc, rr_, cfg.beta, cfg.loss, cfg.label_smoothing)
     loss = per.mean()
+    stats = {}
+    if cfg.rpo_alpha:  # RPO (TRL's rpo_alpha): + alpha * NLL of the chosen answers, per token
+        nll = -tok[owner < len(examples)].float().mean()
+        loss = loss + cfg.rpo_alpha * nll
+        stats["nll_loss"] = nll.detach()
     cr, rj = cfg.beta * (pc - rc).detach(), cfg.beta * (pr - rr_).detach()
-    return loss, {"loss": loss.detach(), **_pair_stats(cr, rj, pc, pr)}, tokens
+    return loss, {"loss": loss.detach(), **stats, **_pair_stats(cr, rj, pc, pr)}, tokens
 
 
 def _pair_stats(cr, rr, pc, pr) -> dict[str, torch.Tensor]:
