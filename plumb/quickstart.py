@@ -44,10 +44,11 @@ class Options:
     pairs: int | None = None  # first N bundled pairs (default: all 150)
     prompts: int | None = None  # first N held-out prompts (default: all 12)
     steps: int | None = None  # optimizer steps (default: `epochs` passes over the pairs)
-    epochs: float = 2.0
+    epochs: float = 1.0
     batch_size: int = 4
-    lr: float = 2e-4
+    lr: float = 5e-5
     beta: float = 0.1
+    rpo_alpha: float | None = 1.0  # + NLL on the chosen answers, so the policy learns to *write* them
     max_length: int = 384
     max_new_tokens: int = 120
     seed: int = 0
@@ -143,7 +144,7 @@ def run(opts: Options, reporter: Reporter) -> Summary:
     reporter.stage("train", f"DPO LoRA on {len(pairs)} pairs")
     done = _timed(seconds, "train")
     config = {"steps": opts.steps, "epochs": opts.epochs, "batch_size": opts.batch_size, "lr": opts.lr,
-              "beta": opts.beta, "max_length": opts.max_length, "seed": opts.seed}
+              "beta": opts.beta, "rpo_alpha": opts.rpo_alpha, "max_length": opts.max_length, "seed": opts.seed}
     policy = ModelSpec("hf", str(hf_dir))
     prov = Provenance(model=str(policy), backend="hf", params=config, plugin="plumb.quickstart",
                       plugin_version=__version__, constitution_hash=constitution.hash)

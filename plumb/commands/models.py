@@ -110,7 +110,7 @@ def check_exists(spec, root: Path | None = None) -> None:
                  for m in available_models(root)]
         raise PlumbError(
             f"model {path!r} not found: expected {what} at {p}. Models this workspace can use:\n"
-            + "\n".join(lines) + f"\n(`plumb models` lists them; `plumb models pull starter` fetches the starter.)",
+            + "\n".join(lines) + "\n(`plumb models` lists them; `plumb models pull starter` fetches the starter.)",
             exit_code=2)
 
     if spec.backend == "llamacpp":

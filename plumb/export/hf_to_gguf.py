@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -69,6 +70,36 @@ def permute(w, n_head: int, n_head_kv: int | None = None):
     return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
             .swapaxes(1, 2)
             .reshape(w.shape))
+
+
+def permute_qk(name: str, data, n_head: int, n_head_kv: int):
+    """llama.cpp's rotary layout for q_proj / k_proj weights (and a LoRA's B); others unchanged."""
+    if name.endswith("q_proj.weight"):
+        return permute(data, n_head, n_head)
+    if name.endswith("k_proj.weight"):
+        return permute(data, n_head, n_head_kv)
+    return data
+
+
+@contextmanager
+def atomic_writer(out: Path, config: dict[str, Any]):
+    """A GGUFWriter on ``out.part``: written out and renamed to ``out`` only if the block succeeds."""
+    import gguf
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    writer = gguf.GGUFWriter(tmp, SUPPORTED_ARCHITECTURES[config["architectures"][0]])
+    try:
+        yield writer
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    writer.close()
+    os.replace(tmp, out)
 
 
 def gguf_name(hf_name: str, n_layers: int) -> str:
@@ -192,10 +223,7 @@ def export_f16(model_dir: str | Path, out_path: str | Path, outtype: str = "f16"
     config = read_config(model_dir)
     n_layers, n_head = config["num_hidden_layers"], config["num_attention_heads"]
     n_head_kv = config.get("num_key_value_heads", n_head)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    writer = gguf.GGUFWriter(tmp, SUPPORTED_ARCHITECTURES[config["architectures"][0]])
-    try:
+    with atomic_writer(out, config) as writer:
         write_hparams(writer, config, name=model_dir.name)
         writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if outtype == "f16" else gguf.LlamaFileType.ALL_F32)
         write_tokenizer(writer, model_dir, config["vocab_size"])
@@ -204,18 +232,9 @@ def export_f16(model_dir: str | Path, out_path: str | Path, outtype: str = "f16"
                 continue
             if name == "lm_head.weight" and config.get("tie_word_embeddings"):
                 continue  # llama.cpp reuses token_embd when output.weight is absent
-            if name.endswith("q_proj.weight"):
-                data = permute(data, n_head, n_head)
-            elif name.endswith("k_proj.weight"):
-                data = permute(data, n_head, n_head_kv)
+            data = permute_qk(name, data, n_head, n_head_kv)
             dtype = np.float16 if outtype == "f16" and data.ndim == 2 else np.float32
             writer.add_tensor(gguf_name(name, n_layers), np.ascontiguousarray(data.astype(dtype)))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    os.replace(tmp, out)
     return out
 
 

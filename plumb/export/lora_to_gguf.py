@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from plumb.core.errors import PlumbError
-from plumb.export.hf_to_gguf import SUPPORTED_ARCHITECTURES, gguf_name, permute, read_config
+from plumb.export.hf_to_gguf import atomic_writer, gguf_name, permute_qk, read_config
 
 
 def adapter_config(adapter_dir: Path) -> dict:
@@ -95,10 +94,7 @@ def export_lora(adapter_dir: str | Path, out_path: str | Path, base_dir: str | P
         if cfg.get("rank_pattern"):
             raise PlumbError(f"{adapter_dir}: rsLoRA with per-module ranks cannot be exported.", exit_code=2)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    writer = gguf.GGUFWriter(tmp, SUPPORTED_ARCHITECTURES[config["architectures"][0]])
-    try:
+    with atomic_writer(out, config) as writer:
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
@@ -107,20 +103,10 @@ def export_lora(adapter_dir: str | Path, out_path: str | Path, base_dir: str | P
                 raise PlumbError(f"{adapter_dir}: the adapter trains lm_head, which this base ties to the token "
                                  "embeddings; llama.cpp cannot apply that. Leave lm_head out of target_modules.",
                                  exit_code=2)
-            a, b = pair["A"], pair["B"]
-            if name.endswith("q_proj.weight"):
-                b = permute(b, n_head, n_head)
-            elif name.endswith("k_proj.weight"):
-                b = permute(b, n_head, n_head_kv)
             target = gguf_name(name, n_layers)
-            writer.add_tensor(target + ".lora_a", np.ascontiguousarray(a, dtype=np.float32))
+            b = permute_qk(name, pair["B"], n_head, n_head_kv)  # lora_b's rows are the projection's outputs
+            writer.add_tensor(target + ".lora_a", np.ascontiguousarray(pair["A"], dtype=np.float32))
             writer.add_tensor(target + ".lora_b", np.ascontiguousarray(b, dtype=np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    os.replace(tmp, out)
     return out
 
 

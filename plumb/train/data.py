@@ -228,8 +228,6 @@ def assign_kl(examples: list[Example], batches: list[list[int]]) -> None:
 
 def _targets(ids, comp):
     """Where each answer token is predicted from: flat (source position, label, row)."""
-    import torch
-
     mask = comp[:, 1:].bool()
     rows, cols = mask.nonzero(as_tuple=True)
     return {"src": rows * ids.shape[1] + cols, "labels": ids[:, 1:][mask], "owner": rows}
