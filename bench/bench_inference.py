@@ -67,6 +67,28 @@ def decode_llamacpp(path: Path, tokens: int) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
+_RAW: dict[str, object] = {}
+
+
+def decode_raw(path: Path, tokens: int) -> tuple[int, float]:
+    """The same greedy answers through llama-cpp-python's own API (create_chat_completion,
+    the chat template llama-cpp-python takes from the GGUF's metadata), with no plumb code in the loop."""
+    from llama_cpp import Llama
+
+    from plumb.plugins.llamacpp import cpu_threads
+
+    if str(path) not in _RAW:
+        _RAW[str(path)] = Llama(model_path=str(path), n_ctx=2048, n_threads=cpu_threads(),
+                                n_threads_batch=cpu_threads(), verbose=False)
+    llm = _RAW[str(path)]
+    n, t0 = 0, time.perf_counter()
+    for p in PROMPTS:
+        llm.reset()
+        out = llm.create_chat_completion([{"role": "user", "content": p}], max_tokens=tokens, temperature=0.0)
+        n += out["usage"]["completion_tokens"]
+    return n, time.perf_counter() - t0
+
+
 def decode_hf(hf_dir: Path, tokens: int) -> tuple[int, float]:
     from plumb.plugins import hf_generate
 
@@ -139,6 +161,8 @@ def main() -> None:
     # machine slow some rounds down, never speed one up.
     runs = {"transformers fp32": lambda: decode_hf(args.hf, args.tokens)}
     runs.update({f"llama.cpp {name}": (lambda p=path: decode_llamacpp(p, args.tokens)) for name, path in files.items()})
+    runs["raw llama-cpp-python q8_0"] = lambda: decode_raw(files["q8_0"], args.tokens)
+    decode_raw(files["q8_0"], 4)
     decode_hf(args.hf, 4)
     for path in files.values():
         decode_llamacpp(path, 4)  # load and warm up
@@ -166,6 +190,10 @@ def main() -> None:
     print(f"\njudge workload (q8_0): {len(ANSWERS)} one-token judgments after a shared preamble")
     print(f"  with prefix reuse    : {with_reuse:6.1f} judgments/s")
     print(f"  without prefix reuse : {without:6.1f} judgments/s  -> reuse is {with_reuse / without:.1f}x")
+    plumb_q8, raw_q8 = best["llama.cpp q8_0"], best["raw llama-cpp-python q8_0"]
+    print(f"\nplumb's llama.cpp backend vs raw llama-cpp-python (q8_0): {plumb_q8 / raw_q8:.2f}x")
+    for llm in _RAW.values():
+        llm.close()
 
 
 if __name__ == "__main__":

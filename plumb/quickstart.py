@@ -46,7 +46,7 @@ class Options:
     steps: int | None = None  # optimizer steps (default: `epochs` passes over the pairs)
     epochs: float = 1.0
     batch_size: int = 4
-    lr: float = 5e-5
+    lr: float = 1e-4
     beta: float = 0.1
     rpo_alpha: float | None = 1.0  # + NLL on the chosen answers, so the policy learns to *write* them
     max_length: int = 384

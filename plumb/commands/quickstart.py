@@ -81,8 +81,8 @@ def show_summary(summary) -> None:
 @click.argument("directory", default="quickstart", type=click.Path(file_okay=False))
 @click.option("--pairs", type=int, help="Use the first N bundled pairs (default: all).")
 @click.option("--prompts", type=int, help="Compare on the first N held-out prompts (default: all).")
-@click.option("--steps", type=int, help="Optimizer steps (default: two passes over the pairs).")
-@click.option("--lr", type=float, default=2e-4, show_default=True, help="LoRA learning rate.")
+@click.option("--steps", type=int, help="Optimizer steps (default: one pass over the pairs).")
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="LoRA learning rate.")
 @click.option("--max-new-tokens", type=int, default=120, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def quickstart(directory: str, pairs, prompts, steps, lr, max_new_tokens, as_json) -> None:
