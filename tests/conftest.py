@@ -39,3 +39,11 @@ def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
     from plumb.export import export_gguf
 
     return export_gguf(tiny_model_dir, tmp_path_factory.mktemp("tiny-gguf") / "tiny.f16.gguf", "f16")
+
+
+@pytest.fixture(scope="session")
+def real_starter():
+    """(gguf, hf_dir) of the real SmolLM2-135M-Instruct, pulled once into the user cache (~93 MB)."""
+    from plumb import starter
+
+    return starter.pull()

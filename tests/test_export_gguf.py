@@ -243,7 +243,7 @@ def test_cli_export_q8_0(runner, tiny_model_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_starter_export_matches_transformers(tmp_path):
+def test_starter_export_matches_transformers(tmp_path, real_starter):
     """The real SmolLM2 (dequantized HF copy) through plumb's exporter: same ids, same greedy text."""
     import llama_cpp
 

@@ -25,7 +25,7 @@ class Recorder:
 
 
 @pytest.mark.slow
-def test_quickstart_reduced_mode_tunes_serves_and_records(tmp_path):
+def test_quickstart_reduced_mode_tunes_serves_and_records(tmp_path, real_starter):
     from plumb.quickstart import Options, run
 
     rec = Recorder()

@@ -236,11 +236,6 @@ def test_models_is_light(tmp_path):
 
 # -- the real starter model (downloads ~93 MB once into the user cache) --------------------------
 
-@pytest.fixture(scope="module")
-def real_starter():
-    return starter.pull()
-
-
 @pytest.mark.slow
 def test_real_pull_and_hf_copy_generates_english(real_starter):
     import time
