@@ -17,3 +17,10 @@ def workspace_from(ctx: click.Context):
 
 def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def quiet_transformers() -> None:
+    """plumb draws its own progress; hide transformers' per-load bars (imports transformers)."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()

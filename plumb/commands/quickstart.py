@@ -10,43 +10,30 @@ import click
 
 
 class ConsoleReporter:
-    """Stage headers, a live training bar (loss, reward accuracy), then the comparison."""
+    """Stage headers, then the shared live training bar while DPO runs."""
 
     def __init__(self) -> None:
         from rich.console import Console
 
         self.console = Console(stderr=True)
-        self.progress = None
-        self.task = None
+        self.bar = None
 
     def stage(self, name: str, detail: str = "") -> None:
-        self._stop()
+        self.close()
         self.console.print(f"[bold cyan]{name:>8}[/]  {detail}")
+        if name == "train":
+            from plumb.commands.progress import TrainingBar
+
+            self.bar = TrainingBar("          DPO").__enter__()
 
     def event(self, event) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        if self.bar is not None:
+            self.bar(event)
 
-        if event.kind == "log" and event.message:
-            self.console.print(f"          {event.message}")
-        if event.kind != "metric" or event.step is None:
-            return
-        if self.progress is None:
-            self.progress = Progress(
-                TextColumn("          DPO"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"), console=self.console, transient=False,
-            )
-            self.progress.start()
-            self.task = self.progress.add_task("train", total=event.total, info="")
-        v = event.values
-        info = f"loss {v.get('loss', float('nan')):.4f}  acc {v.get('rewards/accuracies', float('nan')):.2f}"
-        if "rewards/margins" in v:
-            info += f"  margin {v['rewards/margins']:+.3f}"
-        self.progress.update(self.task, completed=event.step, total=event.total, info=info)
-
-    def _stop(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__()
+            self.bar = None
 
 
 def show_summary(summary) -> None:
@@ -93,15 +80,17 @@ def quickstart(directory: str, pairs, prompts, steps, lr, max_new_tokens, as_jso
     serves it on the starter GGUF in llama.cpp, and prints base and tuned
     answers to held-out prompts side by side.
     """
+    from plumb.commands import quiet_transformers
     from plumb.quickstart import Options, run
 
+    quiet_transformers()
     opts = Options(directory=Path(directory), pairs=pairs, prompts=prompts, steps=steps, lr=lr,
                    max_new_tokens=max_new_tokens)
     reporter = ConsoleReporter()
     try:
         summary = run(opts, reporter)
     finally:
-        reporter._stop()
+        reporter.close()
     if as_json:
         click.echo(json.dumps(asdict(summary), indent=2))
     else:

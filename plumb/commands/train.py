@@ -16,7 +16,8 @@ from typing import Any
 
 import click
 
-from plumb.commands import echo_json, workspace_from
+from plumb.commands import echo_json, quiet_transformers, workspace_from
+from plumb.commands.progress import TrainingBar
 from plumb.train import METHODS
 
 FLAG_KEYS = ("steps", "batch_size", "grad_accum", "lr", "beta", "max_length", "lora_r", "seed")
@@ -65,33 +66,6 @@ def _rows_from_store(store, method: str) -> list[dict[str, Any]]:
     if method == "sft":
         return store.sft_examples()
     return store.preference_pairs()
-
-
-class _Progress:
-    """A rich progress bar fed by metric events (loss and accuracy in the description)."""
-
-    def __init__(self, method: str, quiet: bool) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.quiet = quiet
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=quiet,
-                                 console=Console(stderr=True))
-        self.task = self.progress.add_task(f"train {method}", total=None, info="loading model")
-        self.last: dict[str, float] = {}
-
-    def __call__(self, event) -> None:
-        if event.kind == "metric":
-            v = self.last = event.values
-            info = f"loss {v.get('loss', float('nan')):.4f}"
-            if "rewards/accuracies" in v:
-                info += f"  acc {v['rewards/accuracies']:.2f}"
-            if "eval/rewards/accuracies" in v:
-                info += f"  eval acc {v['eval/rewards/accuracies']:.2f}"
-            self.progress.update(self.task, completed=event.step, total=event.total, info=info)
-        elif event.kind == "log" and event.message and not self.quiet:
-            self.progress.console.log(event.message)
 
 
 @click.command()
@@ -164,14 +138,15 @@ def train(ctx: click.Context, method: str, policy: str | None, data_src: str, co
         run_id = None
         if store is not None:
             run_id = store.start_run(method, {**config, "data": data_src, "policy": str(spec)}, str(out),
-                                     Provenance(model=str(spec), backend=spec.backend,
+                                     Provenance(model=str(spec), backend=spec.backend, params=config,
                                                 plugin="plumb.plugins.preference", plugin_version=__version__))
-        bar = _Progress(method, quiet=as_json)
+        quiet_transformers()
+        bar = TrainingBar(f"train {method}", quiet=as_json)
         sinks = [bar] + ([to_store(store, run_id)] if store is not None else [])
         run = Run(method, spec, rows, str(out), config, run_id, eval_rows, fan_out(*sinks))
         pm = ws.plugin_manager() if ws else get_plugin_manager()
         try:
-            with bar.progress:
+            with bar:
                 result = pm.hook.plumb_optimize(method=method, run=run)
             if result is None:
                 raise PlumbError(f"no installed plugin trains {method!r}; `plumb plugins` lists the methods.")
