@@ -19,7 +19,7 @@ import torch
 
 from plumb.core.errors import PlumbError
 from plumb.core.records import ModelSpec, Run
-from plumb.train import TrainConfig, data, loop
+from plumb.train import TrainConfig, data, logps, loop
 from tests.tiny import _WORDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def test_head_logps_matches_autograd_through_full_logits():
     torch.manual_seed(0)
     hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
     weight, labels = torch.randn(50, 16, dtype=torch.float64), torch.randint(0, 50, (37,))
-    fused = loop.HeadLogps.apply(hidden, weight, labels, 8)  # chunks of 8 rows: 5 chunks, the last partial
+    fused = logps.HeadLogps.apply(hidden, weight, labels, 8)  # chunks of 8 rows: 5 chunks, the last partial
     naive = (hidden @ weight.T).log_softmax(-1).gather(-1, labels[:, None]).squeeze(-1)
     assert torch.allclose(fused, naive.float(), atol=1e-5)
     w = torch.randn(37, dtype=torch.float64)

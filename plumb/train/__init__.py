@@ -6,6 +6,7 @@ plain ``sft``, nanoGPT style: read it top to bottom. The pieces:
 
     data.py        chat template, TRL-compatible tokenization, collators
     losses.py      pure functions on log-probs (no model in sight)
+    logps.py       answer-token log-probs through a chunked, memory-light LM head
     loop.py        load policy + LoRA, the loop, metrics, evaluation
     checkpoint.py  atomic checkpoints and resume
 
