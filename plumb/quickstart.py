@@ -136,7 +136,7 @@ def run(opts: Options, reporter: Reporter) -> Summary:
     _import_once(ws, HELDOUT_SOURCE, _bundled("quickstart_heldout.jsonl"), "eval", opts.prompts)
     store = ws.store()
     store.add_constitution(constitution.hash, constitution.name, constitution.version,
-                           constitution.model_dump_json())
+                           constitution.canonical_json())
     pairs = [Pair(Chat.from_dicts(p["messages"]), p["chosen"], p["rejected"]) for p in store.preference_pairs()]
     heldout = store.prompts(split="eval")
     done()
@@ -179,13 +179,10 @@ def run(opts: Options, reporter: Reporter) -> Summary:
     checks: dict[str, float] = {}
     for side, scale in (("base", 0.0), ("tuned", 1.0)):
         spec = ModelSpec("llamacpp", str(gguf), lora=str(adapter_gguf), lora_scale=scale)
-        batches = pm.hook.plumb_generate(model=spec, chats=chats, params=params)
-        if batches is None:
-            raise PlumbError("no installed plugin serves llamacpp: models (see `plumb plugins`).")
+        batches, plugin, version = pm.generate(spec, chats, params)
         answers[side] = [b[0] for b in batches]
-        sample_prov = Provenance(model=f"{spec}@{scale:g}", backend="llamacpp", params=params.to_dict(),
-                                 plugin="plumb.plugins.llamacpp", plugin_version=__version__,
-                                 constitution_hash=constitution.hash)
+        sample_prov = Provenance(model=f"{spec}@{scale:g}", backend=spec.backend, params=params.to_dict(),
+                                 plugin=plugin, plugin_version=version, constitution_hash=constitution.hash)
         passed = total = 0
         with store.transaction():
             for prompt, completion in zip(heldout, answers[side]):

@@ -19,26 +19,6 @@ from plumb.commands import echo_json, workspace_from
 from plumb.core.errors import PlumbError
 
 
-def generate_tracked(pm: Any, spec: Any, chats: list, params: Any) -> tuple[list, str, str]:
-    """Call ``plumb_generate`` the way pluggy would (last registered first) and say who answered.
-
-    Provenance needs the answering plugin's name and version, which a firstresult
-    hook call does not report; so the implementations are walked here in pluggy's order.
-
-    Returns (one list of completions per chat, plugin name, plugin version).
-    """
-    for impl in reversed(pm.hook.plumb_generate.get_hookimpls()):
-        if impl.hookwrapper or getattr(impl, "wrapper", False):
-            continue
-        result = impl.function(model=spec, chats=chats, params=params)
-        if result is not None:
-            if len(result) != len(chats):
-                raise PlumbError(f"plugin {impl.plugin_name} returned {len(result)} answers for {len(chats)} prompts.")
-            return result, impl.plugin_name, pm.sources.get(impl.plugin_name, ("?", "?"))[1]
-    backends = ", ".join(name for name, _ in pm.registered("plumb_register_backends"))
-    raise PlumbError(f"no installed plugin generates with the {spec.backend!r} backend (installed: {backends}).")
-
-
 @click.command()
 @click.argument("prompts", nargs=-1)
 @click.option("--model", "-m", "model_spec", help="Model spec (default: [models] generate in plumb.toml).")
@@ -68,7 +48,7 @@ def generate(ctx: click.Context, prompts: tuple[str, ...], model_spec: str | Non
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
                             stop=tuple(stop))
     store = ws.store()
-    store.add_constitution(const.hash, const.name, const.version, json.dumps(const.model_dump(mode="json")))
+    store.add_constitution(const.hash, const.name, const.version, const.canonical_json())
     if prompts:
         rows = [(store.add_prompt([{"role": "user", "content": p}], source="cli"), Chat.from_user(p)) for p in prompts]
     else:
@@ -79,7 +59,7 @@ def generate(ctx: click.Context, prompts: tuple[str, ...], model_spec: str | Non
     pm = ws.plugin_manager()
     chats = [chat for _, chat in rows]
     try:
-        answers, plugin, version = generate_tracked(pm, spec, chats, params)
+        answers, plugin, version = pm.generate(spec, chats, params)
         outcome: list[Any] = list(answers)
     except PlumbError as batch_error:
         if len(chats) == 1:
@@ -88,7 +68,7 @@ def generate(ctx: click.Context, prompts: tuple[str, ...], model_spec: str | Non
         plugin = version = "?"
         for chat in chats:
             try:
-                one, plugin, version = generate_tracked(pm, spec, [chat], params)
+                one, plugin, version = pm.generate(spec, [chat], params)
                 outcome.append(one[0])
             except PlumbError as exc:
                 outcome.append(exc)

@@ -85,11 +85,14 @@ class Constitution(_Strict):
     judging: Judging = Judging()
     principles: list[Principle] = Field(min_length=1)
 
+    def canonical_json(self) -> str:
+        """The validated content as sorted, compact JSON: what is hashed and stored."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
     @property
     def hash(self) -> str:
         """sha256 of the canonical content, first 16 hex digits."""
-        canon = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
 
     def principle(self, pid: str) -> Principle:
         for p in self.principles:

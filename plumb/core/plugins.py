@@ -25,6 +25,7 @@ from typing import Any, Iterable
 import pluggy
 
 from plumb.core import hookspecs
+from plumb.core.errors import PlumbError
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "plumb.plugins.verifiers",
@@ -106,6 +107,25 @@ class PlumbPluginManager(pluggy.PluginManager):
             hooks = sorted(c.name for c in self.get_hookcallers(plugin) or [])
             out.append(PluginInfo(name, source, version, hooks))
         return out + list(self.failures)
+
+    def generate(self, model: Any, chats: list, params: Any) -> tuple[list, str, str]:
+        """``plumb_generate`` as pluggy calls it (last registered first), saying who answered.
+
+        Provenance needs the answering plugin's name and version, which a
+        firstresult hook call does not report. Returns (one list of completions
+        per chat, plugin name, plugin version).
+        """
+        for impl in reversed(self.hook.plumb_generate.get_hookimpls()):
+            if impl.hookwrapper or getattr(impl, "wrapper", False):
+                continue
+            result = impl.function(model=model, chats=chats, params=params)
+            if result is not None:
+                if len(result) != len(chats):
+                    raise PlumbError(f"plugin {impl.plugin_name} returned {len(result)} answers for "
+                                     f"{len(chats)} prompts.")
+                return result, impl.plugin_name, self.sources.get(impl.plugin_name, ("?", "?"))[1]
+        backends = ", ".join(name for name, _ in self.registered("plumb_register_backends"))
+        raise PlumbError(f"no installed plugin generates with the {model.backend!r} backend (installed: {backends}).")
 
     def registered(self, hook: str) -> list[tuple[str, str]]:
         """Collect ``(name, description)`` pairs from a registration hook."""
