@@ -81,20 +81,10 @@ def test_llamacpp_reuses_shared_prefix(llamacpp, tiny_gguf):
 
 
 def test_llamacpp_base_and_tuned_from_one_model(llamacpp, tiny_gguf, tiny_model_dir, tmp_path):
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     from plumb.export import export_lora
+    from tests.tiny import random_lora
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_" in name:
-                p.normal_(0.0, 1.0)
-    peft_model.save_pretrained(tmp_path / "a")
+    random_lora(tiny_model_dir, tmp_path / "a", ["q_proj", "v_proj", "down_proj"], r=4, std=1.0, seed=0, only_b=False)
     adapter = export_lora(tmp_path / "a", tmp_path / "a.gguf", base_dir=tiny_model_dir)
 
     params = SamplingParams(temperature=0, max_tokens=6, logprobs=1)

@@ -183,20 +183,12 @@ def test_unsupported_architecture_is_refused(tmp_path):
 
 def test_lora_adapter_reproduces_merged_model(lively_dir, lively_gguf, tmp_path, runner):
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
 
     from plumb.export import export_lora
+    from tests.tiny import random_lora
 
-    model = AutoModelForCausalLM.from_pretrained(lively_dir, dtype=torch.float32)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.1)
-    peft_model.save_pretrained(tmp_path / "adapter")
+    peft_model = random_lora(lively_dir, tmp_path / "adapter", targets, r=8, std=0.1, seed=2)
     out = export_lora(tmp_path / "adapter", tmp_path / "adapter.gguf", base_dir=lively_dir)
 
     _, ids = chat_ids(lively_dir, "Why is the sky blue?")

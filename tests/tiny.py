@@ -94,3 +94,25 @@ def build_tiny(out_dir: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def random_lora(model_dir: str | Path, out_dir: str | Path, targets: list[str], r: int, std: float,
+                seed: int, only_b: bool = True):
+    """A peft LoRA adapter on ``model_dir`` with non-zero random weights, saved to ``out_dir``.
+
+    Returns the peft model (adapter active) so a test can compare against its merge.
+    ``only_b`` keeps peft's A init and draws B (peft starts B at zero); otherwise both.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if ("lora_B" if only_b else "lora_") in name:
+                p.normal_(0.0, std)
+    peft_model.save_pretrained(out_dir)
+    return peft_model
