@@ -38,26 +38,14 @@ def _run_config(path: str | None) -> dict[str, Any]:
 
 
 def _rows_from_file(path: str, method: str) -> list[dict[str, Any]]:
-    """JSONL rows in the shape the method trains on."""
-    from plumb.core.dataio import read_jsonl
+    """JSONL rows in the shape the method trains on: the file is imported into an
+    in-memory store, so files and workspaces turn into training rows by one set of rules."""
+    from plumb.core.dataio import import_file
+    from plumb.core.store import Store
 
-    rows = []
-    for r in read_jsonl(path):
-        a = r.answers
-        if method in ("dpo", "ipo", "hinge", "orpo"):
-            if r.shape == "preference":
-                rows.append({"messages": r.messages, "chosen": a["chosen"], "rejected": a["rejected"]})
-        elif method == "kto":
-            if r.shape == "unpaired":
-                rows.append({"messages": r.messages, "completion": a["completion"], "label": a["label"]})
-            elif r.shape == "preference":
-                rows.append({"messages": r.messages, "completion": a["chosen"], "label": True})
-                rows.append({"messages": r.messages, "completion": a["rejected"], "label": False})
-        else:  # sft: references, chosen answers, good labelled answers
-            text = a.get("reference") or a.get("chosen") or (a.get("completion") if a.get("label") else None)
-            if text:
-                rows.append({"messages": r.messages, "completion": text})
-    return rows
+    with Store(":memory:") as store:
+        import_file(store, path)
+        return _rows_from_store(store, method)
 
 
 def _rows_from_store(store, method: str) -> list[dict[str, Any]]:
