@@ -92,7 +92,8 @@ def step_tokens(rows, tok, batch_size: int, steps: int, max_length: int) -> list
 def work_plumb(a) -> dict:
     import torch
 
-    from plumb.core.records import Event, ModelSpec, Run
+    from plumb.core.context import HookContext
+    from plumb.core.records import Event, ModelSpec, RunSpec
     from plumb.train import TrainConfig, loop
 
     rows, held = load_rows(a.pairs, a.limit, a.heldout)
@@ -103,9 +104,9 @@ def work_plumb(a) -> dict:
     policy = loop.load_policy(a.model, TrainConfig(**{k: v for k, v in cfg.items() if k != "steps"}), "cpu")
     marks: list[tuple[str, tuple[float, float], Event]] = []
     with tempfile.TemporaryDirectory() as out:
-        run = Run("dpo", ModelSpec("hf", a.model), rows, out, cfg,
-                  emit=lambda e: marks.append((e.kind, (time.perf_counter(), time.process_time()), e)))
-        loop.train(run, policy=policy)
+        run = RunSpec("dpo", ModelSpec("hf", a.model), rows, out, cfg)
+        sink = HookContext(None, lambda e: marks.append((e.kind, (time.perf_counter(), time.process_time()), e)))
+        loop.train(run, sink, policy=policy)
     peak = rss_mb()
     start = next(t for k, t, e in marks if k == "log" and "rows to train on" in e.message)
     steps = [(t, e.values) for k, t, e in marks if k == "metric"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from plumb.core.errors import PlumbError
-from plumb.core.models import parse_spec
+from plumb.core.specs import parse_spec
 from plumb.core.records import ModelSpec
 
 
@@ -23,7 +23,7 @@ def test_accepted_forms(text, want):
     assert parse_spec(text) == want
 
 
-@pytest.mark.parametrize("text", ["", "gguf:m.gguf", "m.gguf", "llamacpp:", "hf", "vllm:http://x"])
+@pytest.mark.parametrize("text", ["", "m.gguf", "llamacpp:", "hf", "9x:y", ":y"])
 def test_bad_spec_lists_accepted_forms(text):
     with pytest.raises(PlumbError) as info:
         parse_spec(text)
@@ -50,8 +50,13 @@ def test_spec_round_trips_through_str():
 def test_generate_command_rejects_bad_spec(runner, workspace):
     from plumb.cli import cli
 
-    result = runner.invoke(cli, ["generate", "--model", "gguf:x", "hello"])
+    result = runner.invoke(cli, ["generate", "--model", "m.gguf", "hello"])
     assert result.exit_code == 2 and "Accepted forms" in result.output
+    # NAME:TARGET parses for any name; a backend no plugin registers is refused, listing those that are
+    assert parse_spec("vllm:http://x") == ModelSpec("vllm", "http://x")
+    result = runner.invoke(cli, ["generate", "--model", "gguf:x", "hello"])
+    assert result.exit_code == 2
+    assert "no installed plugin offers the backend 'gguf'" in result.stderr and "llamacpp" in result.stderr
 
 
 def test_missing_model_lists_what_is_there(runner, workspace):

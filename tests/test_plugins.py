@@ -24,8 +24,8 @@ def throwaway(pm):
 
     class Plugin:
         @hookimpl
-        def plumb_reward(self, task, completion):
-            return Reward("shouty", float(completion.text.isupper()))
+        def plumb_reward(self, tasks, completions):
+            return [Reward("shouty", float(c.text.isupper())) for c in completions]
 
     plugin = Plugin()
     pm.register(plugin, name="throwaway")
@@ -39,19 +39,23 @@ def _completion(text: str) -> Completion:
     return Completion(text=text, model="m", backend="test")
 
 
-def test_throwaway_plugin_contributes_a_reward(throwaway):
+def test_throwaway_batch_plugin_contributes_a_reward(throwaway):
+    from plumb.core.rewards import score
+
     pm = throwaway
     pm.check_pending()
-    rewards = pm.hook.plumb_reward(task=Task(prompt=Chat(())), completion=_completion("HI"))
-    assert Reward("shouty", 1.0) in rewards
+    rewards = score(pm, [Task(prompt=Chat(()))] * 2, [_completion("HI"), _completion("hi")])
+    assert [[r.value for r in row if r.name == "shouty"] for row in rewards] == [[1.0], [0.0]]
 
 
 def test_builtin_verifiers_are_registered(pm):
-    names = [n for n, _ in pm.registered("plumb_register_verifiers")]
+    from plumb.core.rewards import score
+
+    names = pm.registry.verifiers
     assert {"max_words", "no_exclamation", "starts_with_answer", "regex", "exact"} <= set(names)
     task = Task(prompt=Chat(()), meta={"check": {"verifier": "max_words", "params": {"n": 3}}})
-    rewards = [r for r in pm.hook.plumb_reward(task=task, completion=_completion("one two three four")) if r]
-    assert [r.value for r in rewards] == [0.0]
+    rewards = score(pm, [task], [_completion("one two three four")])
+    assert [(r.name, r.value) for r in rewards[0]] == [("max_words", 0.0)]
 
 
 GOOD = """
@@ -59,13 +63,12 @@ from plumb import hookimpl
 from plumb.core.records import Reward
 __version__ = "1.2"
 
-@hookimpl
-def plumb_register_verifiers(register):
-    register("has_please", "1 if the answer says please")
+def has_please(task, completion):
+    return Reward("has_please", float("please" in completion.text))
 
 @hookimpl
-def plumb_reward(task, completion):
-    return Reward("has_please", float("please" in completion.text))
+def plumb_register_verifiers(register):
+    register("has_please", "1 if the answer says please", score=has_please)
 """
 
 BROKEN_IMPORT = "import does_not_exist_anywhere\n"
@@ -105,16 +108,19 @@ def test_file_plugins_good_and_broken(workspace, runner):
     assert any("typo" in m and "plumb_rewrad" in m for m in messages)
     assert any("raises" in m and "boom at import" in m for m in messages)
     # The good plugin and the builtins still work.
-    assert "has_please" in [n for n, _ in pm.registered("plumb_register_verifiers")]
-    rewards = pm.hook.plumb_reward(task=Task(prompt=Chat(())), completion=_completion("yes please"))
-    assert Reward("has_please", 1.0) in rewards
+    from plumb.core.rewards import score
+
+    assert pm.registry.verifiers["has_please"].plugin == "good"
+    rewards = score(pm, [Task(prompt=Chat(()))], [_completion("yes please")])
+    assert [(r.name, r.value, r.status) for r in rewards[0]] == [("has_please", 1.0, "ok")]
 
     result = runner.invoke(cli, ["plugins", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     by_name = {p["name"]: p for p in data["plugins"]}
     assert by_name["good"]["version"] == "1.2"
-    assert by_name["good"]["hooks"] == ["plumb_register_verifiers", "plumb_reward"]
+    assert by_name["good"]["hooks"] == ["plumb_register_verifiers"]
+    assert {"name": "has_please", "description": "1 if the answer says please", "plugin": "good"} in data["verifiers"]
     assert "plumb_rewrad" in by_name["typo"]["error"]
     assert by_name["plumb.plugins.verifiers"]["source"] == "builtin"
 
@@ -154,7 +160,7 @@ def test_entry_point_plugins_load_and_fail_softly(monkeypatch):
         warnings.simplefilter("always")
         pm = get_plugin_manager()
     assert any("gone" in str(w.message) for w in caught)
-    assert "has_please" in [n for n, _ in pm.registered("plumb_register_verifiers")]
+    assert "has_please" in pm.registry.verifiers
     sys.modules.pop("fake_ep_plugin")
 
 

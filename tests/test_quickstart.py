@@ -12,29 +12,17 @@ from plumb.core.records import Event
 PROVENANCE = ("model", "backend", "params", "plugin", "plugin_version", "constitution_hash", "created")
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.stages: list[str] = []
-        self.events: list[Event] = []
-
-    def stage(self, name: str, detail: str = "") -> None:
-        self.stages.append(name)
-
-    def event(self, event: Event) -> None:
-        self.events.append(event)
-
-
 @pytest.mark.slow
 def test_quickstart_reduced_mode_tunes_serves_and_records(tmp_path, real_starter):
-    from plumb.quickstart import Options, run
+    from plumb.pipeline.quickstart import Options, run
 
-    rec = Recorder()
+    events: list[Event] = []
     opts = Options(directory=tmp_path / "qs", pairs=12, prompts=2, steps=3, batch_size=4, lr=1e-3,
                    max_length=256, max_new_tokens=24)
-    summary = run(opts, rec)
+    summary = run(opts, events.append)
 
-    assert rec.stages == ["pull", "data", "train", "export", "compare"]
-    metrics = [e for e in rec.events if e.kind == "metric"]
+    assert [e.stage for e in events if e.kind == "stage"] == ["pull", "data", "train", "export", "compare"]
+    metrics = [e for e in events if e.kind == "metric"]
     assert [e.step for e in metrics] == [1, 2, 3]
     assert metrics[-1].values["loss"] < metrics[0].values["loss"]
 
@@ -63,5 +51,5 @@ def test_quickstart_reduced_mode_tunes_serves_and_records(tmp_path, real_starter
     # A second run in the same workspace reuses the imported data instead of doubling it.
     before = db.execute("SELECT count(*) FROM prompts").fetchone()[0]
     run(Options(directory=tmp_path / "qs", pairs=12, prompts=1, steps=1, lr=1e-3, max_length=256,
-                max_new_tokens=8), Recorder())
+                max_new_tokens=8))
     assert db.execute("SELECT count(*) FROM prompts").fetchone()[0] == before

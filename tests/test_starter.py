@@ -215,7 +215,7 @@ def test_models_lists_starter_and_workspace_models(fake, runner, workspace):
 
 
 def test_check_exists_lists_what_is_there(fake, workspace):
-    from plumb.commands.models import check_exists
+    from plumb.core.specs import check_exists
 
     (workspace.models_dir / "mine.gguf").write_bytes(b"GGUF")
     check_exists(ModelSpec("llamacpp", "models/mine.gguf"), workspace.root)

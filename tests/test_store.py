@@ -12,23 +12,135 @@ import pytest
 
 from plumb.cli import cli
 from plumb.core.migrations import MIGRATIONS, migrate
+from plumb.core.records import Judgment
 from plumb.core.store import Provenance, Store
 
-TABLES = {"constitutions", "prompts", "samples", "critiques", "judgments", "labels", "runs", "metrics", "artifacts"}
-PROVENANCE_COLS = {"model", "backend", "params", "plugin", "plugin_version", "constitution_hash", "created"}
+PROV = ["model TEXT", "backend TEXT", "params TEXT", "plugin TEXT", "plugin_version TEXT",
+        "constitution_hash TEXT", "created TEXT NOT NULL DEFAULT"]
+CREATED = ["created TEXT NOT NULL DEFAULT"]
+# The whole schema: every table's columns in order ("name TYPE [NOT NULL] [DEFAULT] [PK]"),
+# its foreign keys (column -> table.column ON DELETE) and its indexes.
+SCHEMA = {
+    "_plumb_migrations": (["name TEXT PK", "applied TEXT NOT NULL DEFAULT"], [],
+                          ["sqlite_autoindex__plumb_migrations_1"]),
+    "constitutions": (["hash TEXT PK", "name TEXT NOT NULL", "version TEXT NOT NULL", "source TEXT NOT NULL",
+                       *CREATED], [], ["sqlite_autoindex_constitutions_1"]),
+    "prompts": (["id INTEGER PK", "key TEXT NOT NULL", "messages TEXT NOT NULL", "text TEXT NOT NULL", "task TEXT",
+                 "split TEXT NOT NULL DEFAULT", "source TEXT", *CREATED], [], ["sqlite_autoindex_prompts_1"]),
+    "samples": (["id INTEGER PK", "prompt_id INTEGER NOT NULL", "text TEXT NOT NULL",
+                 "kind TEXT NOT NULL DEFAULT", "parent_id INTEGER", "finish_reason TEXT", *PROV],
+                ["parent_id -> samples.id SET NULL", "prompt_id -> prompts.id CASCADE"], ["samples_prompt"]),
+    "critiques": (["id INTEGER PK", "sample_id INTEGER NOT NULL", "revision_id INTEGER", "principle_id TEXT NOT NULL",
+                   "critique TEXT NOT NULL", *PROV, "round INTEGER NOT NULL DEFAULT", "flags TEXT"],
+                  ["revision_id -> samples.id SET NULL", "sample_id -> samples.id CASCADE"], []),
+    "judgments": (["id INTEGER PK", "prompt_id INTEGER NOT NULL", "a_id INTEGER NOT NULL", "b_id INTEGER NOT NULL",
+                   "winner TEXT NOT NULL", "p_a REAL", "source TEXT NOT NULL", "judge TEXT NOT NULL",
+                   "principle_id TEXT", "verdict_ab TEXT", "verdict_ba TEXT", "p_a_ab REAL", "p_a_ba REAL",
+                   "raw_ab TEXT", "raw_ba TEXT", "consistent INTEGER", "reason TEXT", *PROV],
+                  ["a_id -> samples.id CASCADE", "b_id -> samples.id CASCADE", "prompt_id -> prompts.id CASCADE"],
+                  ["judgments_pair", "judgments_prompt"]),
+    "labels": (["id INTEGER PK", "sample_id INTEGER NOT NULL", "label INTEGER NOT NULL", "judge TEXT NOT NULL", *PROV],
+               ["sample_id -> samples.id CASCADE"], []),
+    "runs": (["id INTEGER PK", "method TEXT NOT NULL", "status TEXT NOT NULL DEFAULT", "config TEXT NOT NULL",
+              "out_dir TEXT", "error TEXT", "final_metrics TEXT", "finished TEXT", *PROV], [], []),
+    "metrics": (["run_id INTEGER NOT NULL PK", "step INTEGER NOT NULL PK", "key TEXT NOT NULL PK", "value REAL"],
+                ["run_id -> runs.id CASCADE"], ["sqlite_autoindex_metrics_1"]),
+    "artifacts": (["id INTEGER PK", "run_id INTEGER", "kind TEXT NOT NULL", "path TEXT NOT NULL", "sha256 TEXT",
+                   "meta TEXT", *CREATED], ["run_id -> runs.id SET NULL"], []),
+    "rewards": (["id INTEGER PK", "sample_id INTEGER NOT NULL", "verifier TEXT NOT NULL", "value REAL NOT NULL",
+                 "status TEXT NOT NULL", "detail TEXT", "seconds REAL", *PROV],
+                ["sample_id -> samples.id CASCADE"], ["rewards_sample"]),
+    "rollouts": (["id INTEGER PK", "run_id INTEGER NOT NULL", "step INTEGER NOT NULL", "group_index INTEGER NOT NULL",
+                  "sample_id INTEGER NOT NULL", "reward REAL NOT NULL", "advantage REAL NOT NULL", *CREATED],
+                 ["run_id -> runs.id CASCADE", "sample_id -> samples.id CASCADE"], ["rollouts_run"]),
+}
+
+
+def schema(db: sqlite3.Connection) -> dict:
+    out = {}
+    for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name"):
+        cols = [" ".join(filter(None, [name, type_, "NOT NULL" if notnull else "", "DEFAULT" if default else "",
+                                       "PK" if pk else ""]))
+                for _, name, type_, notnull, default, pk in db.execute(f"PRAGMA table_info({table})")]
+        fks = sorted(f"{r[3]} -> {r[2]}.{r[4]} {r[6]}" for r in db.execute(f"PRAGMA foreign_key_list({table})"))
+        idx = sorted(r[1] for r in db.execute(f"PRAGMA index_list({table})"))
+        out[table] = (cols, fks, idx)
+    return out
 
 
 def test_migrate_in_memory_builds_the_whole_schema():
     db = sqlite3.connect(":memory:", isolation_level=None)
     assert migrate(db) == [fn.__name__ for fn in MIGRATIONS]
     assert migrate(db) == []  # idempotent
-    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert TABLES | {"_plumb_migrations"} == tables
-    for table in ("samples", "critiques", "judgments", "labels", "runs"):
-        cols = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
-        assert PROVENANCE_COLS <= cols, table
-    task_cols = {r[1] for r in db.execute("PRAGMA table_info(prompts)")}
-    assert {"messages", "task", "split"} <= task_cols
+    assert schema(db) == SCHEMA
+    sql = {name: text for name, text in db.execute("SELECT name, sql FROM sqlite_master WHERE type='table'")}
+    assert "'interrupted'" in sql["runs"] and "canonical JSON" in sql["constitutions"]
+
+
+def test_migrating_a_v1_workspace_keeps_its_data(tmp_path):
+    """m002 rebuilds tables: rows, ids and the rows pointing at them survive (no cascade on the drop)."""
+    path = tmp_path / "v1.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA foreign_keys=ON")
+    MIGRATIONS[0](db)
+    db.execute("INSERT INTO prompts (id, key, messages, text) VALUES (1, 'k', '[]', 'q')")
+    db.executemany("INSERT INTO samples (id, prompt_id, text) VALUES (?, 1, ?)", [(1, "a"), (2, "b")])
+    db.execute("INSERT INTO judgments (prompt_id, a_id, b_id, winner, p_a, swap_agree, judge) "
+               "VALUES (1, 1, 2, 'a', 0.9, 1, 'llamacpp:j.gguf'), (1, 2, 1, 'b', NULL, NULL, 'human')")
+    db.execute("INSERT INTO runs (id, method, config, status) VALUES (7, 'dpo', '{}', 'done')")
+    db.execute("INSERT INTO metrics VALUES (7, 1, 'loss', 0.5)")
+    db.execute("INSERT INTO artifacts (run_id, kind, path) VALUES (7, 'adapter', '/a')")
+    db.execute("INSERT INTO constitutions VALUES ('h', 'c', '1', '{}', 'now')")
+    db.execute("CREATE TABLE _plumb_migrations (name TEXT PRIMARY KEY, applied TEXT NOT NULL DEFAULT 'x')")
+    db.execute("INSERT INTO _plumb_migrations (name) VALUES ('m001_initial')")
+    db.close()
+    store = Store(path)
+    assert store.schema_version == len(MIGRATIONS)
+    rows = [tuple(r) for r in store.query("SELECT source, consistent, judge FROM judgments ORDER BY id")]
+    assert rows == [("model", 1, "llamacpp:j.gguf"), ("human", None, "human")]
+    assert store.metrics(7, "loss") == [(1, 0.5)]
+    assert store.one("SELECT run_id FROM artifacts")[0] == 7
+    assert store.one("SELECT count(*) FROM constitutions")[0] == 1
+    assert store.one("PRAGMA foreign_keys")[0] == 1
+
+
+def test_preference_pairs_one_verdict_per_pair_person_first(tmp_path):
+    store = Store(tmp_path / "s.db")
+    pid = store.add_prompt([{"role": "user", "content": "q"}])
+    a, b, c = (store.add_sample(pid, t, Provenance()) for t in ("short", "long", "other"))
+    model = Judgment("a", 0.8, "llamacpp:j", ab="a", ba="a", p_a_ab=0.7, p_a_ba=0.9)
+    store.add_judgment(pid, a, b, model, Provenance())
+    store.add_judgment(pid, b, a, Judgment("a", 1.0, "human", source="human"), Provenance())  # b over a
+    store.add_judgment(pid, a, c, Judgment("tie", 0.5, "llamacpp:j", ab="a", ba="b"), Provenance())  # inconsistent
+    pairs = store.preference_pairs()
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("long", "short")]  # the person's, once
+    assert pairs[0]["p"] == 1.0
+    model_only = store.preference_pairs(prefer=("model",))
+    assert [(p["chosen"], p["rejected"], p["p"]) for p in model_only] == [("short", "long", 0.8)]
+
+
+def test_store_is_usable_from_threads(tmp_path):
+    import threading
+
+    store = Store(tmp_path / "s.db")
+    pid = store.add_prompt([{"role": "user", "content": "q"}])
+    errors = []
+
+    def write(k):
+        try:
+            for i in range(50):
+                with store.transaction():
+                    s = store.add_sample(pid, f"{k}-{i}", Provenance())
+                    store.add_label(s, True, "human", Provenance())
+        except Exception as exc:  # pragma: no cover - the assertion below reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and store.counts()["samples"] == 200 and store.counts()["labels"] == 200
 
 
 def test_init_creates_wal_db_with_foreign_keys(tmp_path, runner):
@@ -82,6 +194,7 @@ WRITER = """
 import sys
 from plumb.core.store import Provenance, Store
 store = Store(sys.argv[1])
+from plumb.core.records import Judgment
 prov = Provenance(model="m", backend="b")
 i = 0
 print("ready", flush=True)
@@ -90,7 +203,7 @@ while True:
         pid = store.add_prompt([{"role": "user", "content": f"{sys.argv[2]}-q{i}"}])
         a = store.add_sample(pid, "good", prov)
         b = store.add_sample(pid, "bad", prov)
-        store.add_judgment(pid, a, b, "a", "human", prov)
+        store.add_judgment(pid, a, b, Judgment("a", 1.0, "human", source="human"), prov)
     store.add_label(a, True, "human", prov)   # its own committed write
     i += 1
 """

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from plumb.core.errors import PlumbError
-from plumb.core.records import ModelSpec, Run
+from plumb.core.context import HookContext
+from plumb.core.records import ModelSpec, RunSpec
 from plumb.train import TrainConfig, data, logps, loop
 from tests.tiny import _WORDS
 
@@ -61,9 +62,9 @@ FAST = {"lr": 5e-3, "batch_size": 8, "warmup_ratio": 0.0, "checkpoint_every": 10
 
 def run_method(tiny_model_dir, tmp_path, method, steps, pairs, held, policy=None, **config):
     events = []
-    run = Run(method, ModelSpec("hf", str(tiny_model_dir)), as_rows(pairs, method), str(tmp_path / method),
-              config={**FAST, "steps": steps, **config}, eval_data=held, emit=events.append)
-    result = loop.train(run, policy=policy)
+    run = RunSpec(method, ModelSpec("hf", str(tiny_model_dir)), as_rows(pairs, method), str(tmp_path / method),
+                  config={**FAST, "steps": steps, **config}, eval_data=held)
+    result = loop.train(run, HookContext(None, events.append), policy=policy)
     return result, [e.values for e in events if e.kind == "metric"]
 
 
@@ -234,8 +235,9 @@ def test_gradient_checkpointing_gives_the_same_losses(tiny_model_dir, tmp_path):
 KILLED = """
 import sys, time
 from pathlib import Path
-from plumb.commands.train import _rows_from_file
-from plumb.core.records import ModelSpec, Run
+from plumb.core.context import HookContext
+from plumb.core.records import ModelSpec, RunSpec
+from plumb.pipeline.train import rows_from_file
 from plumb.train.loop import train
 model, pairs, out, marker = sys.argv[1:5]
 config = {"steps": 10, "lr": 5e-3, "batch_size": 4, "checkpoint_every": 4, "seed": 3, "resume": False, "gguf": False}
@@ -243,7 +245,7 @@ def emit(e):
     if e.kind == "metric" and e.step == 6:  # step-4 checkpoint is on disk; die in the middle of the run
         Path(marker).write_text("ready")
         time.sleep(120)
-train(Run("dpo", ModelSpec("hf", model), _rows_from_file(pairs, "dpo"), out, config, emit=emit))
+train(RunSpec("dpo", ModelSpec("hf", model), rows_from_file(pairs, "dpo"), out, config), HookContext(None, emit))
 """
 
 
@@ -339,7 +341,7 @@ def test_plumb_train_records_the_run(tiny_model_dir, tmp_path, runner, workspace
     from plumb.core.plugins import get_plugin_manager
 
     assert {"dpo", "ipo", "hinge", "kto", "orpo", "sft"} <= {
-        n for n, _ in get_plugin_manager().registered("plumb_register_methods")}
+        *get_plugin_manager().registry.methods}
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(p) + "\n" for p in make_pairs(16, 0)))
     res = runner.invoke(cli, ["data", "import", str(pairs)])
@@ -351,11 +353,11 @@ def test_plumb_train_records_the_run(tiny_model_dir, tmp_path, runner, workspace
     assert res.exit_code == 0, res.output
     out = json.loads(res.output[res.output.index("{"):])
     with workspace.store() as store:
-        run = store.db.execute("SELECT * FROM runs WHERE id = ?", (out["run_id"],)).fetchone()
+        run = store.run(out["run_id"])
         assert run["status"] == "done" and run["method"] == "dpo"
         assert [s for s, _ in store.metrics(out["run_id"], "loss")] == [1, 2, 3]
         assert len(store.metrics(out["run_id"], "rewards/accuracies")) == 3
-        kinds = [r["kind"] for r in store.db.execute("SELECT kind FROM artifacts WHERE run_id = ?", (out["run_id"],))]
+        kinds = [r["kind"] for r in store.query("SELECT kind FROM artifacts WHERE run_id = ?", (out["run_id"],))]
     assert kinds == ["adapter", "gguf-lora"]
     assert out["metrics"]["epoch"] == 1.5  # 3 steps x 2 micro-batches of 4 = 24 of 16 pairs
     assert json.loads(run["config"])["lr"] == 5e-3

@@ -15,12 +15,20 @@ def workspace_from(ctx: click.Context):
     return find_workspace((ctx.find_root().obj or {}).get("workspace"))
 
 
+def session_from(ctx: click.Context, scratch_ok: bool = False):
+    """The open workspace (pipeline.session) for --workspace / $PLUMB_WORKSPACE / the cwd;
+    with ``scratch_ok``, a scratch session (nothing stored) where there is no workspace."""
+    from plumb.core.errors import PlumbError
+    from plumb.pipeline.session import open_session, scratch_session
+
+    try:
+        return open_session((ctx.find_root().obj or {}).get("workspace"))
+    except PlumbError:
+        if not scratch_ok:
+            raise
+        return scratch_session()
+
+
 def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
-
-def quiet_transformers() -> None:
-    """plumb draws its own progress; hide transformers' per-load bars (imports transformers)."""
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()

@@ -1,41 +1,96 @@
-"""The live training bar shared by `plumb train` and `plumb quickstart`.
+"""How the CLI shows a pipeline's events, on a terminal or not.
 
-It is an EventSink: metric events move the bar and show loss, reward accuracy
-and margin; log events print above it. Use it as a context manager.
+``Progress`` is an EventSink and a context manager. On a terminal it draws a
+live rich bar per stage (for training: loss, reward accuracy and margin) and
+prints log lines above it. When stderr is not a terminal (CI logs, a pipe) it
+prints plain lines instead: one when a stage starts, and one every
+``PLUMB_PROGRESS_SECONDS`` (default 10) while a stage runs, so long work is
+never silent.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 
-class TrainingBar:
-    def __init__(self, label: str, quiet: bool = False) -> None:
+from plumb.core.records import Event
+
+
+def _info(values: dict[str, float]) -> str:
+    parts = []
+    if "loss" in values:
+        parts.append(f"loss {values['loss']:.4f}")
+    if "rewards/accuracies" in values:
+        parts.append(f"acc {values['rewards/accuracies']:.2f}")
+    if "rewards/margins" in values:
+        parts.append(f"margin {values['rewards/margins']:+.3f}")
+    if "eval/rewards/accuracies" in values:
+        parts.append(f"eval acc {values['eval/rewards/accuracies']:.2f}")
+    return "  ".join(parts)
+
+
+class Progress:
+    def __init__(self, quiet: bool = False, live: bool | None = None) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        self.console = Console(stderr=True)
         self.quiet = quiet
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=quiet,
-                                 console=Console(stderr=True))
-        self.task = self.progress.add_task(label, total=None, info="loading model")
-        self.last: dict[str, float] = {}
+        self.live = sys.stderr.isatty() if live is None else live
+        self.every = float(os.environ.get("PLUMB_PROGRESS_SECONDS", 10))
+        self.bar = None
+        self.task = None
+        self.stage = ""
+        self.started = self.last_line = time.monotonic()
 
-    def __enter__(self) -> "TrainingBar":
-        self.progress.start()
+    def __enter__(self) -> "Progress":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        self._close_bar()
 
-    def __call__(self, event) -> None:
-        if event.kind == "metric":
-            v = self.last = event.values
-            info = f"loss {v.get('loss', float('nan')):.4f}"
-            if "rewards/accuracies" in v:
-                info += f"  acc {v['rewards/accuracies']:.2f}"
-            if "rewards/margins" in v:
-                info += f"  margin {v['rewards/margins']:+.3f}"
-            if "eval/rewards/accuracies" in v:
-                info += f"  eval acc {v['eval/rewards/accuracies']:.2f}"
-            self.progress.update(self.task, completed=event.step, total=event.total, info=info)
-        elif event.kind == "log" and event.message and not self.quiet:
-            self.progress.console.print(f"[dim]{event.message}[/]")
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def _open_bar(self, label: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bar
+
+        self.bar = Bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console)
+        self.task = self.bar.add_task(label, total=None, info="")
+        self.bar.start()
+
+    def line(self, text: str) -> None:
+        """A plain line on stderr (above the bar on a terminal)."""
+        if not self.quiet:
+            self.console.print(text, highlight=False, markup=False)
+
+    def __call__(self, event: Event) -> None:
+        if self.quiet:
+            return
+        now = time.monotonic()
+        if event.kind == "stage":
+            self._close_bar()
+            self.stage, self.started = event.stage or "", now
+            self.console.print(f"[bold cyan]{self.stage:>8}[/]  {event.message}", highlight=False)
+            if self.live:
+                self._open_bar(f"{'':>8}")
+            self.last_line = now
+        elif event.kind in ("progress", "metric"):
+            info = _info(event.values) if event.kind == "metric" else event.message
+            if self.bar is not None:
+                self.bar.update(self.task, completed=event.step, total=event.total, info=info)
+            elif not self.live and (now - self.last_line >= self.every or (event.total and event.step == event.total)):
+                of = f"/{event.total}" if event.total else ""
+                self.line(f"{self.stage or 'work'}: {event.step}{of} ({now - self.started:.0f}s) {info}".rstrip())
+                self.last_line = now
+        elif event.kind == "log" and event.message:
+            if self.live:
+                self.console.print(f"[dim]{event.message}[/]", highlight=False)
+            else:
+                self.line(f"{self.stage or 'log'}: {event.message}")
+        elif event.kind == "error" and event.message:
+            self.line(f"{self.stage or 'error'}: {event.message}")

@@ -1,4 +1,4 @@
-"""`plumb quickstart`: the first main job, with a live view in the terminal."""
+"""`plumb quickstart`: the first main job (pipeline.quickstart), with a live view in the terminal."""
 
 from __future__ import annotations
 
@@ -7,33 +7,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
-
-
-class ConsoleReporter:
-    """Stage headers, then the shared live training bar while DPO runs."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-        self.bar = None
-
-    def stage(self, name: str, detail: str = "") -> None:
-        self.close()
-        self.console.print(f"[bold cyan]{name:>8}[/]  {detail}")
-        if name == "train":
-            from plumb.commands.progress import TrainingBar
-
-            self.bar = TrainingBar("          DPO").__enter__()
-
-    def event(self, event) -> None:
-        if self.bar is not None:
-            self.bar(event)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__()
-            self.bar = None
 
 
 def show_summary(summary) -> None:
@@ -80,17 +53,13 @@ def quickstart(directory: str, pairs, prompts, steps, lr, max_new_tokens, as_jso
     serves it on the starter GGUF in llama.cpp, and prints base and tuned
     answers to held-out prompts side by side.
     """
-    from plumb.commands import quiet_transformers
-    from plumb.quickstart import Options, run
+    from plumb.commands.progress import Progress
+    from plumb.pipeline.quickstart import Options, run
 
-    quiet_transformers()
     opts = Options(directory=Path(directory), pairs=pairs, prompts=prompts, steps=steps, lr=lr,
                    max_new_tokens=max_new_tokens)
-    reporter = ConsoleReporter()
-    try:
-        summary = run(opts, reporter)
-    finally:
-        reporter.close()
+    with Progress() as show:
+        summary = run(opts, show)
     if as_json:
         click.echo(json.dumps(asdict(summary), indent=2))
     else:

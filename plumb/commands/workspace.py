@@ -37,21 +37,20 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
     except PlumbError:  # outside a workspace: builtins and entry points only
         pm = get_plugin_manager()
     infos = pm.describe()
-    offered = {
-        "backends": pm.registered("plumb_register_backends"),
-        "methods": pm.registered("plumb_register_methods"),
-        "verifiers": pm.registered("plumb_register_verifiers"),
-    }
+    reg = pm.registry
+    offered = {kind: list(getattr(reg, kind).values()) for kind in ("backends", "methods", "verifiers")}
     if as_json:
         echo_json({"plugins": [asdict(i) for i in infos],
-                   **{k: [{"name": n, "description": d} for n, d in v] for k, v in offered.items()}})
+                   **{k: [{"name": e.name, "description": e.description, "plugin": e.plugin} for e in v]
+                      for k, v in offered.items()}})
         return
     for info in infos:
         status = f"FAILED: {info.error}" if info.error else ", ".join(info.hooks) or "(no hooks)"
         click.echo(f"{info.name}  [{info.source} {info.version}]\n    {status}")
-    for kind, items in offered.items():
-        if items:
-            click.echo(f"{kind}: " + ", ".join(n for n, _ in items))
+        for kind, entries in offered.items():
+            mine = [e.name for e in entries if e.plugin == info.name]
+            if mine:
+                click.echo(f"    {kind}: {', '.join(mine)}")
 
 
 def register(cli: click.Group) -> None:

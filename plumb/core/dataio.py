@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from plumb.core.errors import PlumbError, ValidationFailed
+from plumb.core.records import Judgment
 from plumb.core.store import Provenance, Store
 
 ROLES = {"system", "user", "assistant"}
@@ -168,7 +169,7 @@ def import_records(store: Store, records: list[Parsed], source: str, split: str 
             if r.shape == "preference":
                 a = store.add_sample(pid, r.answers["chosen"], prov, kind="import")
                 b = store.add_sample(pid, r.answers["rejected"], prov, kind="import")
-                store.add_judgment(pid, a, b, "a", judge="import", prov=prov, p_a=1.0)
+                store.add_judgment(pid, a, b, Judgment("a", 1.0, judge="import", source="import"), prov)
             elif r.shape == "unpaired":
                 s = store.add_sample(pid, r.answers["completion"], prov, kind="import")
                 store.add_label(s, r.answers["label"], judge="import", prov=prov)

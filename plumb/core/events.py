@@ -1,17 +1,19 @@
-"""Progress and metric events, from long work to whoever shows it.
+"""Events from long work to whoever shows or keeps them.
 
-Training and generation emit ``Event`` records through an ``EventSink``; the
-CLI renders them as a rich progress bar, the store keeps the metrics, and a
-child process can send them over a pipe as JSON lines.
+Stages, training and generation emit ``Event`` records (kinds in
+``records.EVENT_KINDS``) through an ``EventSink``; the CLI draws them, the TUI
+charts them, the store keeps the metrics. Across a process boundary an event
+is one JSON line: ``to_json(event)`` / ``from_json(line)`` (a training child
+writes them, the parent reads them).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Callable, Iterable
+from typing import Any
 
-from plumb.core.records import Event, EventSink
+from plumb.core.records import EVENT_KINDS, Event, EventSink
 
 
 def fan_out(*sinks: EventSink | None) -> EventSink:
@@ -24,7 +26,7 @@ def fan_out(*sinks: EventSink | None) -> EventSink:
     return emit
 
 
-def to_store(store, run_id: int) -> EventSink:  # store: plumb.core.store.Store
+def to_store(store: Any, run_id: int) -> EventSink:  # store: plumb.core.store.Store
     """Persist every metric event of a run, one committed transaction per step."""
 
     def emit(event: Event) -> None:
@@ -34,14 +36,15 @@ def to_store(store, run_id: int) -> EventSink:  # store: plumb.core.store.Store
     return emit
 
 
-def to_json(write: Callable[[str], object]) -> EventSink:
-    def emit(event: Event) -> None:
-        write(json.dumps(asdict(event)) + "\n")
-
-    return emit
+def to_json(event: Event) -> str:
+    """One line of JSON (no newline inside): the event's fields."""
+    return json.dumps(asdict(event), allow_nan=True, separators=(",", ":"))
 
 
-def from_json(lines: Iterable[str]) -> Iterable[Event]:
-    for line in lines:
-        if line.strip():
-            yield Event(**json.loads(line))
+def from_json(line: str) -> Event:
+    """The event a ``to_json`` line describes; ValueError for anything else."""
+    obj = json.loads(line)
+    if not isinstance(obj, dict) or obj.get("kind") not in EVENT_KINDS:
+        raise ValueError(f"not an event line: {line[:80]!r}")
+    fields = {k: obj[k] for k in ("kind", "run_id", "step", "total", "values", "message", "stage", "ts") if k in obj}
+    return Event(**fields)

@@ -10,11 +10,12 @@ marked with ``@hookimpl``::
 
     from plumb import hookimpl
 
+    def shouts(task, completion):
+        return Reward("shouts", float(completion.text.isupper()))
+
     @hookimpl
-    def plumb_reward(task, completion):
-        if task.answer is None:
-            return None          # not applicable to this task
-        return Reward("exact", float(completion.text.strip() == task.answer))
+    def plumb_register_verifiers(register):
+        register("shouts", "1 if the answer is in capitals", score=shouts)
 
 Importing this module is cheap: records are only imported for type checking.
 """
@@ -26,16 +27,19 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from plumb.core.constitution import Constitution, Principle
+    from plumb.core.constitution import Constitution
+    from plumb.core.context import HookContext
     from plumb.core.records import (
         Chat,
         Completion,
         Critique,
+        CritiqueRequest,
         Judgment,
+        JudgeRequest,
         ModelSpec,
         Reward,
-        Run,
         RunResult,
+        RunSpec,
         SamplingParams,
         Task,
     )
@@ -46,6 +50,11 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 # -- registration: what is installed -----------------------------------------
+#
+# Each registration hook gets a ``register`` callback. What a plugin registers
+# is usable by name everywhere (a backend as ``NAME:TARGET``, a method as
+# ``plumb train NAME``, a verifier in a constitution's ``checks``) and listed by
+# ``plumb plugins``. A name registered twice is an error naming both plugins.
 
 
 @hookspec
@@ -53,7 +62,8 @@ def plumb_register_backends(register: Callable[..., None]) -> None:
     """Declare the generation backends this plugin implements.
 
     Call ``register(name, description)`` once per backend; ``name`` is the
-    prefix of a model spec (``llamacpp``, ``hf``, ``anthropic``, ``openai``).
+    prefix of a model spec (``NAME:TARGET``). The plugin's ``plumb_generate``
+    (and, if it can, ``plumb_option_logprobs``) answers for that backend.
     """
 
 
@@ -61,7 +71,10 @@ def plumb_register_backends(register: Callable[..., None]) -> None:
 def plumb_register_methods(register: Callable[..., None]) -> None:
     """Declare the optimization methods this plugin implements.
 
-    Call ``register(name, description)`` once per method (``dpo``, ``sft``, ...).
+    Call ``register(name, description, options=Model)`` once per method;
+    ``options`` is a pydantic model of the method's settings (unknown keys,
+    wrong types and out-of-range values are refused before any model loads).
+    The plugin's ``plumb_optimize`` trains it.
     """
 
 
@@ -69,12 +82,19 @@ def plumb_register_methods(register: Callable[..., None]) -> None:
 def plumb_register_verifiers(register: Callable[..., None]) -> None:
     """Declare the verifiers (reward functions) this plugin implements.
 
-    Call ``register(name, description)``; constitutions name verifiers in
-    ``[[principles.checks]]``.
+    Call ``register(name, description, score=fn)`` with a per-item function
+    ``fn(task, completion) -> Reward | float | None`` (plumb batches and
+    guards it), or ``register(name, description)`` when the plugin's own
+    batched ``plumb_reward`` answers for ``name``. Constitutions name
+    verifiers in ``[[principles.checks]]``.
     """
 
 
 # -- the five hook points ------------------------------------------------------
+#
+# Hooks that need other hooks take ``ctx`` (plumb.core.context.HookContext):
+# generate through any backend, score through the reward hook, emit events,
+# and ask whether the user cancelled. A plugin never imports another plugin.
 
 
 @hookspec(firstresult=True)
@@ -94,17 +114,34 @@ def plumb_generate(
 
 
 @hookspec(firstresult=True)
-def plumb_critique(
-    constitution: "Constitution",
-    principle: "Principle",
-    chat: "Chat",
-    completion: "Completion",
-    critic: "ModelSpec",
-) -> "Critique | None":
-    """Critique ``completion`` against one principle and revise it.
+def plumb_option_logprobs(
+    model: "ModelSpec", chats: "list[Chat]", options: "list[str]"
+) -> "list[dict[str, float]] | None":
+    """The log-probability of each candidate continuation, without sampling.
 
-    :return: a Critique holding the critique text and the revised answer, or
-        ``None`` to let another plugin answer.
+    :param options: candidate texts the assistant's answer could start with
+        (a judge's ``"A"``, ``"B"``, ``"tie"``).
+    :return: per chat, ``{option: log p(option | chat)}``; ``None`` when the
+        backend cannot score continuations (HTTP, Anthropic), so the caller
+        falls back to parsing sampled text.
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def plumb_critique(
+    ctx: "HookContext",
+    constitution: "Constitution",
+    requests: "list[CritiqueRequest]",
+    critic: "ModelSpec",
+) -> "list[list[Critique]] | None":
+    """Critique drafts against principles and revise them (Constitutional AI).
+
+    :param requests: the drafts, each with its principle (or None: pick) and
+        number of rounds; round k works on round k-1's revision.
+    :return: per request, one Critique per round, in order; ``None`` to let
+        another plugin answer.
 
     Stops at the first non-None result.
     """
@@ -112,40 +149,45 @@ def plumb_critique(
 
 @hookspec(firstresult=True)
 def plumb_judge(
+    ctx: "HookContext",
     constitution: "Constitution",
-    chat: "Chat",
-    a: "Completion",
-    b: "Completion",
+    requests: "list[JudgeRequest]",
     judge: "ModelSpec",
-) -> "Judgment | None":
-    """Say which of two answers better follows the constitution.
+) -> "list[Judgment] | None":
+    """Say which of two answers better follows the constitution, for a batch of pairs.
 
-    Implementations should debias position (ask with A/B swapped) and report
-    ``p_a``, the probability that A is better, when they can.
+    Implementations judge each pair in both orders (position swap) and report
+    each order's verdict and p(A) in the Judgment; answers are data to judge,
+    never instructions.
 
     Stops at the first non-None result.
     """
 
 
 @hookspec
-def plumb_reward(task: "Task", completion: "Completion") -> "Reward | None":
-    """Score a completion for a task.
+def plumb_reward(tasks: "list[Task]", completions: "list[Completion]") -> "list[Reward | None] | None":
+    """Score a batch of completions, one per task (two equal-length lists).
 
-    Every plugin contributes; return ``None`` when the task is not one this
-    verifier applies to. The core combines rewards by configured weights. A
-    verifier must never raise for a bad completion: score it 0 and say why in
-    ``Reward.detail``.
+    Every plugin contributes: return one ``Reward | None`` per completion
+    (``None``: this verifier does not apply to that task), or ``None`` when
+    the plugin has nothing to say about the whole batch. A verifier must never
+    raise for a bad completion: score it 0 and say why in ``Reward.detail``.
+    For one task at a time, register a per-item ``score`` function instead
+    (``plumb_register_verifiers``).
     """
 
 
 @hookspec(firstresult=True)
-def plumb_optimize(method: str, run: "Run") -> "RunResult | None":
+def plumb_optimize(ctx: "HookContext", method: str, run: "RunSpec") -> "RunResult | None":
     """Train the policy named in ``run`` with ``method``.
 
-    :param method: the method name (``dpo``, ``ipo``, ``kto``, ``orpo``,
-        ``sft``, ...); return ``None`` when it is not yours.
-    :param run: data, hyperparameters, output directory and an event sink.
-    :return: where the adapter was written and the final metrics.
+    :param method: the method name (``dpo``, ``sft``, ...); return ``None``
+        when it is not yours.
+    :param run: the serializable run spec: data, validated options, output
+        directory.
+    :param ctx: emits events (progress, metrics, logs) and says whether the
+        user cancelled.
+    :return: where the adapter was written, the final metrics, artifacts.
 
     Stops at the first non-None result.
     """

@@ -109,7 +109,118 @@ def m001_initial(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial]
+def m002_judgments_both_orders_rewards_rollouts(db: sqlite3.Connection) -> None:
+    """Judgments keep both orders and who made them; runs keep final metrics and an
+    'interrupted' status; rewards and rollouts tables; comments that say what the code
+    does (constitutions, runs and artifacts are rebuilt for that: SQLite keeps column
+    comments in the CREATE statement). Runs with foreign keys off (see ``migrate``)."""
+    db.executescript(
+        f"""
+        CREATE TABLE constitutions_new (
+            hash TEXT PRIMARY KEY,    -- Constitution.hash: sha256 of `source`, first 16 hex digits
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            source TEXT NOT NULL,     -- canonical JSON of the validated constitution (what is hashed)
+            created TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+        );
+        INSERT INTO constitutions_new SELECT hash, name, version, source, created FROM constitutions;
+        DROP TABLE constitutions;
+        ALTER TABLE constitutions_new RENAME TO constitutions;
+
+        CREATE TABLE judgments_new (
+            id INTEGER PRIMARY KEY,
+            prompt_id INTEGER NOT NULL REFERENCES prompts(id) ON DELETE CASCADE,
+            a_id INTEGER NOT NULL REFERENCES samples(id) ON DELETE CASCADE,
+            b_id INTEGER NOT NULL REFERENCES samples(id) ON DELETE CASCADE,
+            winner TEXT NOT NULL CHECK (winner IN ('a', 'b', 'tie')),  -- 'tie' also when the orders disagree
+            p_a REAL,                 -- probability that a is better: the mean of both orders' p(a)
+            source TEXT NOT NULL CHECK (source IN ('human', 'model', 'import')),
+            judge TEXT NOT NULL,      -- 'human', 'import', or the judge's model spec
+            principle_id TEXT,        -- NULL: judged against the whole constitution
+            verdict_ab TEXT CHECK (verdict_ab IN ('a', 'b', 'tie')),  -- a shown as A
+            verdict_ba TEXT CHECK (verdict_ba IN ('a', 'b', 'tie')),  -- b shown as A, mapped back to a/b
+            p_a_ab REAL,              -- p(a better) in each order: option log-probs, or 1/0/0.5 from text
+            p_a_ba REAL,
+            raw_ab TEXT,              -- the judge's replies as given (unparseable ones too)
+            raw_ba TEXT,
+            consistent INTEGER,       -- 1 both orders agree, 0 they disagree, NULL judged in one order
+            reason TEXT,
+            {PROVENANCE}
+        );
+        INSERT INTO judgments_new (id, prompt_id, a_id, b_id, winner, p_a, source, judge, consistent, reason,
+                                   model, backend, params, plugin, plugin_version, constitution_hash, created)
+            SELECT id, prompt_id, a_id, b_id, winner, p_a,
+                   CASE judge WHEN 'human' THEN 'human' WHEN 'import' THEN 'import' ELSE 'model' END,
+                   judge, swap_agree, reason,
+                   model, backend, params, plugin, plugin_version, constitution_hash, created FROM judgments;
+        DROP TABLE judgments;
+        ALTER TABLE judgments_new RENAME TO judgments;
+        CREATE INDEX judgments_prompt ON judgments(prompt_id);
+        CREATE INDEX judgments_pair ON judgments(a_id, b_id);
+
+        CREATE TABLE runs_new (
+            id INTEGER PRIMARY KEY,
+            method TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'running'
+                CHECK (status IN ('running', 'done', 'failed', 'interrupted')),
+            config TEXT NOT NULL,     -- JSON: the run's validated options, data source and policy
+            out_dir TEXT,
+            error TEXT,               -- why it failed or stopped (a failed child's last log lines)
+            final_metrics TEXT,       -- JSON: the metrics at the end of a finished run
+            finished TEXT,
+            {PROVENANCE}
+        );
+        INSERT INTO runs_new (id, method, status, config, out_dir, error, finished,
+                              model, backend, params, plugin, plugin_version, constitution_hash, created)
+            SELECT id, method, status, config, out_dir, error, finished,
+                   model, backend, params, plugin, plugin_version, constitution_hash, created FROM runs;
+        DROP TABLE runs;
+        ALTER TABLE runs_new RENAME TO runs;
+
+        CREATE TABLE artifacts_new (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER REFERENCES runs(id) ON DELETE SET NULL,
+            kind TEXT NOT NULL,       -- adapter (peft dir) | gguf-lora | gguf-QUANT | gguf-merged-QUANT | report
+            path TEXT NOT NULL,
+            sha256 TEXT,
+            meta TEXT,                -- JSON: what it was made from (base model, quantization, ...)
+            created TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+        );
+        INSERT INTO artifacts_new SELECT id, run_id, kind, path, sha256, meta, created FROM artifacts;
+        DROP TABLE artifacts;
+        ALTER TABLE artifacts_new RENAME TO artifacts;
+
+        CREATE TABLE rewards (
+            id INTEGER PRIMARY KEY,
+            sample_id INTEGER NOT NULL REFERENCES samples(id) ON DELETE CASCADE,
+            verifier TEXT NOT NULL,
+            value REAL NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('ok', 'error', 'timeout')),
+            detail TEXT,              -- why: the verifier's reason, truncated failure output
+            seconds REAL,
+            {PROVENANCE}
+        );
+        CREATE INDEX rewards_sample ON rewards(sample_id);
+
+        CREATE TABLE rollouts (       -- on-policy samples of a run (GRPO): one row per completion
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            step INTEGER NOT NULL,
+            group_index INTEGER NOT NULL,  -- the prompt's group within the step
+            sample_id INTEGER NOT NULL REFERENCES samples(id) ON DELETE CASCADE,
+            reward REAL NOT NULL,     -- the weighted reward the advantage was computed from
+            advantage REAL NOT NULL,
+            created TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+        );
+        CREATE INDEX rollouts_run ON rollouts(run_id, step);
+
+        ALTER TABLE critiques ADD COLUMN round INTEGER NOT NULL DEFAULT 1;  -- 1 = critique of the draft
+        ALTER TABLE critiques ADD COLUMN flags TEXT;  -- JSON list: why the revision is unusable as chosen
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m002_judgments_both_orders_rewards_rollouts]
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:
@@ -120,19 +231,29 @@ def migrate(db: sqlite3.Connection) -> list[str]:
     )
     done = {r[0] for r in db.execute("SELECT name FROM _plumb_migrations")}
     applied = []
-    for fn in MIGRATIONS:
-        if fn.__name__ in done:
-            continue
-        db.execute("BEGIN")
-        try:
-            # executescript() would commit on its own; run statements one by one instead.
-            _in_transaction(db, fn)
-            db.execute("INSERT INTO _plumb_migrations (name) VALUES (?)", (fn.__name__,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        applied.append(fn.__name__)
+    fk = db.execute("PRAGMA foreign_keys").fetchone()[0]
+    # Foreign keys off while migrating (they cannot change inside a transaction): rebuilding a
+    # table (create new, copy, drop, rename) must not cascade the drop to the rows that point at it.
+    db.execute("PRAGMA foreign_keys=OFF")
+    try:
+        for fn in MIGRATIONS:
+            if fn.__name__ in done:
+                continue
+            db.execute("BEGIN")
+            try:
+                # executescript() would commit on its own; run statements one by one instead.
+                _in_transaction(db, fn)
+                broken = db.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise sqlite3.IntegrityError(f"{fn.__name__} broke {len(broken)} foreign keys: {broken[:3]}")
+                db.execute("INSERT INTO _plumb_migrations (name) VALUES (?)", (fn.__name__,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            applied.append(fn.__name__)
+    finally:
+        db.execute(f"PRAGMA foreign_keys={'ON' if fk else 'OFF'}")
     return applied
 
 

@@ -59,6 +59,15 @@ class PlumbPluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         self.sources: dict[str, tuple[str, str]] = {}
         self.failures: list[PluginInfo] = []
+        self._registry: Registry | None = None
+
+    def register(self, plugin: Any, name: str | None = None) -> str | None:
+        self._registry = None  # what is registered changes with the plugins
+        return super().register(plugin, name)
+
+    def unregister(self, plugin: Any = None, name: str | None = None) -> Any:
+        self._registry = None
+        return super().unregister(plugin, name)
 
     def add(self, obj: Any, name: str, source: str, version: str) -> bool:
         """Register one plugin; on a bad hook, unregister it and record why."""
@@ -108,6 +117,13 @@ class PlumbPluginManager(pluggy.PluginManager):
             out.append(PluginInfo(name, source, version, hooks))
         return out + list(self.failures)
 
+    @property
+    def registry(self) -> "Registry":
+        """What the plugins register (backends, methods, verifiers), collected once."""
+        if self._registry is None:
+            self._registry = Registry.collect(self)
+        return self._registry
+
     def generate(self, model: Any, chats: list, params: Any) -> tuple[list, str, str]:
         """``plumb_generate`` as pluggy calls it (last registered first), saying who answered.
 
@@ -115,6 +131,7 @@ class PlumbPluginManager(pluggy.PluginManager):
         firstresult hook call does not report. Returns (one list of completions
         per chat, plugin name, plugin version).
         """
+        self.registry.check_backend(model.backend)
         for impl in reversed(self.hook.plumb_generate.get_hookimpls()):
             if impl.hookwrapper or getattr(impl, "wrapper", False):
                 continue
@@ -123,19 +140,83 @@ class PlumbPluginManager(pluggy.PluginManager):
                 if len(result) != len(chats):
                     raise PlumbError(f"plugin {impl.plugin_name} returned {len(result)} answers for "
                                      f"{len(chats)} prompts.")
-                return result, impl.plugin_name, self.sources.get(impl.plugin_name, ("?", "?"))[1]
-        backends = ", ".join(name for name, _ in self.registered("plumb_register_backends"))
-        raise PlumbError(f"no installed plugin generates with the {model.backend!r} backend (installed: {backends}).")
+                return result, impl.plugin_name, self.version_of(impl.plugin_name)
+        owner = self.registry.backends[model.backend].plugin
+        raise PlumbError(f"plugin {owner} registers the {model.backend!r} backend but its plumb_generate "
+                         f"did not answer for {model}.")
 
-    def registered(self, hook: str) -> list[tuple[str, str]]:
-        """Collect ``(name, description)`` pairs from a registration hook."""
-        found: list[tuple[str, str]] = []
+    def version_of(self, plugin_name: str) -> str:
+        return self.sources.get(plugin_name, ("?", "?"))[1]
 
-        def register(name: str, description: str = "") -> None:
-            found.append((name, description))
 
-        getattr(self.hook, hook)(register=register)
-        return found
+# -- registries: what plugins offer, by name --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered backend, method or verifier, with the object that implements it:
+    the registering plugin for backends, the options model for methods, the
+    per-item ``score`` function (or None: the plugin's ``plumb_reward``) for verifiers."""
+
+    kind: str
+    name: str
+    description: str
+    plugin: str
+    impl: Any = None
+
+
+KINDS = {"backends": "plumb_register_backends", "methods": "plumb_register_methods",
+         "verifiers": "plumb_register_verifiers"}
+
+
+@dataclass
+class Registry:
+    backends: dict[str, Entry] = field(default_factory=dict)
+    methods: dict[str, Entry] = field(default_factory=dict)
+    verifiers: dict[str, Entry] = field(default_factory=dict)
+
+    @classmethod
+    def collect(cls, pm: "PlumbPluginManager") -> "Registry":
+        """Call every registration hook plugin by plugin, so each name knows its plugin.
+        A name registered twice is an error naming both plugins."""
+        reg = cls()
+        for kind, hook in KINDS.items():
+            table: dict[str, Entry] = getattr(reg, kind)
+            for impl in getattr(pm.hook, hook).get_hookimpls():
+                def register(name: str, description: str = "", *, options: Any = None, score: Any = None,
+                             _kind: str = kind, _plugin: str = impl.plugin_name, _table=table) -> None:
+                    if not isinstance(name, str) or not name:
+                        raise PlumbError(f"plugin {_plugin} registered a {_kind[:-1]} with no name.")
+                    if name in _table:
+                        raise PlumbError(f"{_kind[:-1]} {name!r} is registered by two plugins: "
+                                         f"{_table[name].plugin} and {_plugin}. Uninstall or rename one of them "
+                                         "(or remove it from `plugins` in plumb.toml).", exit_code=2)
+                    obj = {"backends": impl.plugin, "methods": options, "verifiers": score}[_kind]
+                    _table[name] = Entry(_kind[:-1], name, description, _plugin, obj)
+
+                impl.function(register=register)
+        return reg
+
+    def _unknown(self, kind: str, name: str, hint: str) -> PlumbError:
+        known = ", ".join(sorted(getattr(self, kind))) or "none"
+        return PlumbError(f"no installed plugin offers the {kind[:-1]} {name!r} (installed: {known}). {hint}",
+                          exit_code=2)
+
+    def check_backend(self, name: str) -> Entry:
+        if name not in self.backends:
+            raise self._unknown("backends", name, "A model spec is BACKEND:TARGET; `plumb plugins` lists them.")
+        return self.backends[name]
+
+    def check_method(self, name: str) -> Entry:
+        if name not in self.methods:
+            raise self._unknown("methods", name, "`plumb plugins` lists the training methods.")
+        return self.methods[name]
+
+    def check_verifier(self, name: str) -> Entry:
+        if name not in self.verifiers:
+            raise self._unknown("verifiers", name, "Fix the check's `verifier`, or add the plugin that "
+                                "provides it to `plugins` in plumb.toml.")
+        return self.verifiers[name]
 
 
 def _reason(exc: BaseException) -> str:

@@ -7,6 +7,7 @@ stored as JSON and sent to a child process without surprises.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal
 
@@ -49,7 +50,7 @@ class Chat:
 @dataclass(frozen=True)
 class ModelSpec:
     """One string names a model everywhere: ``llamacpp:PATH.gguf[+lora:A.gguf]``,
-    ``hf:DIR_OR_ID``, ``anthropic:NAME``, ``openai:URL``. See core/models.py."""
+    ``hf:DIR_OR_ID``, ``anthropic:NAME``, ``openai:URL``. See core/specs.py."""
 
     backend: str
     target: str
@@ -90,19 +91,71 @@ class Completion:
 
 @dataclass
 class Critique:
+    """One critique-and-revision round of a draft against one principle."""
+
     principle_id: str
     critique: str
     revision: str
     critic: str
+    round: int = 1
+    flags: tuple[str, ...] = ()  # why the revision must not be used as chosen (empty, repeats draft, ...)
+
+
+Verdict = Literal["a", "b", "tie"]
 
 
 @dataclass
 class Judgment:
-    winner: Literal["a", "b", "tie"]
+    """A pairwise verdict, asked in both orders when a model judges.
+
+    ``ab`` is the verdict with the answers shown as (A=a, B=b), ``ba`` with
+    them swapped and mapped back to a/b; ``p_a_ab``/``p_a_ba`` the probability
+    that *a* is better in each order (from option log-probs, or 1/0/0.5 parsed
+    from text). ``p_a`` is the debiased combination (the mean of the two) and
+    ``winner`` the decision; a pair whose two orders disagree is not a
+    preference (``consistent`` False, ``winner`` "tie").
+    """
+
+    winner: Verdict
     p_a: float | None  # probability that A is better, after debiasing
-    judge: str  # "human" or a model spec
-    swap_agree: bool | None = None
+    judge: str  # "human", "import", or a model spec
+    source: Literal["human", "model", "import"] = "model"
+    ab: Verdict | None = None
+    ba: Verdict | None = None
+    p_a_ab: float | None = None
+    p_a_ba: float | None = None
+    raw_ab: str | None = None
+    raw_ba: str | None = None
+    principle_id: str | None = None  # None = the whole rubric
     reason: str = ""
+
+    @property
+    def consistent(self) -> bool | None:
+        if self.ab is None or self.ba is None:
+            return None
+        return self.ab == self.ba
+
+
+@dataclass(frozen=True)
+class CritiqueRequest:
+    """A draft answer to critique and revise: ``rounds`` rounds, each on the
+    previous revision, against ``principle_id`` (None: the plugin picks one
+    per round, by weight)."""
+
+    chat: Chat
+    draft: str
+    principle_id: str | None = None
+    rounds: int = 2
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    """Two answers to one chat, to be compared against the constitution (or one principle)."""
+
+    chat: Chat
+    a: str
+    b: str
+    principle_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,47 +175,93 @@ class Task:
     schema: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def check(self) -> dict[str, Any] | None:
+        """The constitution check this task asks for: {"verifier": NAME, "params": {...}}, if any."""
+        return self.meta.get("check")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters of the check this task asks for ({} when none)."""
+        return dict((self.check or {}).get("params", {}))
+
+
+RewardStatus = Literal["ok", "error", "timeout"]
+
 
 @dataclass
 class Reward:
+    """A verifier's score for one completion. ``status`` is "ok" when the
+    verifier ran (a wrong answer is ok with value 0), "error" when it failed
+    (it raised, or could not run the code), "timeout" when it ran out of time."""
+
     name: str
     value: float
     detail: str = ""
+    status: RewardStatus = "ok"
+    seconds: float = 0.0
+
+
+EventKind = Literal["stage", "progress", "metric", "log", "done", "error"]
+EVENT_KINDS: tuple[str, ...] = ("stage", "progress", "metric", "log", "done", "error")
 
 
 @dataclass
 class Event:
-    """A progress or metric event. ``kind`` is "progress", "metric" or "log"."""
+    """Something a UI shows about long work. ``kind`` is one of ``EVENT_KINDS``:
 
-    kind: str
+    * ``stage``    a named stage starts (``stage``, ``message``)
+    * ``progress`` ``step`` of ``total`` units of the current stage done
+    * ``metric``   per-step ``values`` of a run (loss, rewards/accuracies, ...)
+    * ``log``      a line of text
+    * ``done``     the work finished (``values``: final metrics)
+    * ``error``    the work failed (``message``: why)
+
+    Events are plain values: ``to_json``/``from_json`` carry them across a
+    process boundary as JSON lines (plumb.core.events).
+    """
+
+    kind: EventKind
     run_id: int | None = None
     step: int | None = None
     total: int | None = None
     values: dict[str, float] = field(default_factory=dict)
     message: str = ""
+    stage: str | None = None
+    ts: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if self.kind not in EVENT_KINDS:
+            raise ValueError(f"unknown event kind {self.kind!r}; expected one of {EVENT_KINDS}")
 
 
 EventSink = Callable[[Event], None]
 
 
-def _drop(event: Event) -> None:
-    return None
-
-
 @dataclass
-class Run:
-    """What an optimizer is asked to do. ``data`` is the list of training
-    examples in the method's shape (Pair for preference methods, dicts for
-    others); ``config`` holds the hyperparameters; ``emit`` receives events."""
+class RunSpec:
+    """What an optimizer is asked to do, as plain values (it crosses processes as JSON).
+
+    ``data`` are training rows in the method's shape (dicts with ``messages``
+    and ``chosen``/``rejected``, ``completion``, or ``completion``/``label``);
+    ``config`` holds the hyperparameters (validated by the method's options
+    before any model loads); ``eval_data`` held-out rows.
+    """
 
     method: str
     policy: ModelSpec
-    data: list[Any]
+    data: list[dict[str, Any]]
     out_dir: str
     config: dict[str, Any] = field(default_factory=dict)
     run_id: int | None = None
-    eval_data: list[Any] = field(default_factory=list)
-    emit: EventSink = _drop
+    eval_data: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunSpec":
+        return cls(**{**d, "policy": ModelSpec(**d["policy"])})
 
 
 @dataclass

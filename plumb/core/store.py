@@ -4,6 +4,10 @@ Every public write is its own committed transaction unless it runs inside
 ``with store.transaction():``, which commits the whole block or nothing. A
 process killed at any moment leaves the database consistent and loses at most
 the write in flight.
+
+One Store may be shared by threads (the TUI runs long work in workers): a
+lock serialises its statements, and a transaction holds the lock until it
+commits. Reads go through ``query``/``one``.
 """
 
 from __future__ import annotations
@@ -11,12 +15,16 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from plumb.core.migrations import migrate, schema_version
+from plumb.core.records import Critique, Judgment, Reward
+
+SOURCES = ("human", "import", "model")  # whose verdict counts when several judged the same pair
 
 
 @dataclass(frozen=True)
@@ -48,8 +56,9 @@ def prompt_key(messages: list[dict[str, str]]) -> str:
 class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
+        self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -61,7 +70,16 @@ class Store:
         return schema_version(self.db)
 
     def close(self) -> None:
-        self.db.close()
+        with self._lock:
+            self.db.close()
+
+    def query(self, sql: str, params: tuple | list = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self.db.execute(sql, params).fetchall()
+
+    def one(self, sql: str, params: tuple | list = ()) -> sqlite3.Row | None:
+        with self._lock:
+            return self.db.execute(sql, params).fetchone()
 
     def __enter__(self) -> "Store":
         return self
@@ -71,24 +89,25 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator["Store"]:
-        """All writes in the block commit together, or none do."""
-        if self._depth:
-            self._depth += 1
+        """All writes in the block commit together, or none do (the lock is held throughout)."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self
+                finally:
+                    self._depth -= 1
+                return
+            self.db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self
-            finally:
-                self._depth -= 1
-            return
-        self.db.execute("BEGIN IMMEDIATE")
-        self._depth = 1
-        try:
-            yield self
-        except BaseException:
+            except BaseException:
+                self._depth = 0
+                self.db.execute("ROLLBACK")
+                raise
             self._depth = 0
-            self.db.execute("ROLLBACK")
-            raise
-        self._depth = 0
-        self.db.execute("COMMIT")
+            self.db.execute("COMMIT")
 
     def _insert(self, table: str, row: dict[str, Any]) -> int:
         cols = ", ".join(row)
@@ -136,8 +155,8 @@ class Store:
 
     def prompts(self, split: str | None = None) -> list[sqlite3.Row]:
         if split:
-            return self.db.execute("SELECT * FROM prompts WHERE split = ? ORDER BY id", (split,)).fetchall()
-        return self.db.execute("SELECT * FROM prompts ORDER BY id").fetchall()
+            return self.query("SELECT * FROM prompts WHERE split = ? ORDER BY id", (split,))
+        return self.query("SELECT * FROM prompts ORDER BY id")
 
     # -- generated rows ---------------------------------------------------------
 
@@ -156,38 +175,59 @@ class Store:
              "finish_reason": finish_reason, **prov.columns()},
         )
 
-    def add_critique(
-        self, sample_id: int, principle_id: str, critique: str, revision_id: int | None, prov: Provenance
-    ) -> int:
+    def add_critique(self, sample_id: int, critique: Critique, revision_id: int | None, prov: Provenance) -> int:
+        """One critique round of sample ``sample_id``; its revision is the sample ``revision_id``."""
         return self._insert(
             "critiques",
-            {"sample_id": sample_id, "principle_id": principle_id, "critique": critique,
-             "revision_id": revision_id, **prov.columns()},
+            {"sample_id": sample_id, "principle_id": critique.principle_id, "critique": critique.critique,
+             "revision_id": revision_id, "round": critique.round,
+             "flags": json.dumps(list(critique.flags)) if critique.flags else None, **prov.columns()},
         )
 
-    def add_judgment(
-        self,
-        prompt_id: int,
-        a_id: int,
-        b_id: int,
-        winner: str,
-        judge: str,
-        prov: Provenance,
-        p_a: float | None = None,
-        swap_agree: bool | None = None,
-        reason: str = "",
-    ) -> int:
+    def add_judgment(self, prompt_id: int, a_id: int, b_id: int, judgment: Judgment, prov: Provenance) -> int:
+        """Store a judgment of samples a and b (both orders, when a model judged)."""
+        j = judgment
         return self._insert(
             "judgments",
-            {"prompt_id": prompt_id, "a_id": a_id, "b_id": b_id, "winner": winner, "judge": judge,
-             "p_a": p_a, "swap_agree": None if swap_agree is None else int(swap_agree),
-             "reason": reason, **prov.columns()},
+            {"prompt_id": prompt_id, "a_id": a_id, "b_id": b_id, "winner": j.winner, "p_a": j.p_a,
+             "source": j.source, "judge": j.judge, "principle_id": j.principle_id, "verdict_ab": j.ab,
+             "verdict_ba": j.ba, "p_a_ab": j.p_a_ab, "p_a_ba": j.p_a_ba, "raw_ab": j.raw_ab, "raw_ba": j.raw_ba,
+             "consistent": None if j.consistent is None else int(j.consistent), "reason": j.reason,
+             **prov.columns()},
+        )
+
+    def add_reward(self, sample_id: int, reward: Reward, prov: Provenance) -> int:
+        return self._insert(
+            "rewards", {"sample_id": sample_id, "verifier": reward.name, "value": float(reward.value),
+                        "status": reward.status, "detail": reward.detail, "seconds": reward.seconds,
+                        **prov.columns()},
+        )
+
+    def add_rollout(self, run_id: int, step: int, group_index: int, sample_id: int, reward: float,
+                    advantage: float) -> int:
+        return self._insert(
+            "rollouts", {"run_id": run_id, "step": step, "group_index": group_index, "sample_id": sample_id,
+                         "reward": float(reward), "advantage": float(advantage)},
         )
 
     def add_label(self, sample_id: int, label: bool, judge: str, prov: Provenance) -> int:
         return self._insert(
             "labels", {"sample_id": sample_id, "label": int(label), "judge": judge, **prov.columns()}
         )
+
+    def samples_made(self, prov: Provenance, prompt_ids: list[int], kind: str = "sample") -> dict[int, list[sqlite3.Row]]:
+        """Samples of these prompts already made with exactly this provenance (model, backend,
+        params, constitution): what a rerun of the same stage need not make again."""
+        c = prov.columns()
+        found: dict[int, list[sqlite3.Row]] = {pid: [] for pid in prompt_ids}
+        rows = self.query(
+            "SELECT * FROM samples WHERE kind = ? AND model IS ? AND backend IS ? AND params IS ?"
+            " AND constitution_hash IS ? ORDER BY id",
+            (kind, c["model"], c["backend"], c["params"], c["constitution_hash"]))
+        for r in rows:
+            if r["prompt_id"] in found:
+                found[r["prompt_id"]].append(r)
+        return found
 
     # -- runs, metrics, artifacts --------------------------------------------------
 
@@ -197,13 +237,18 @@ class Store:
                      "out_dir": out_dir, **prov.columns()},
         )
 
-    def finish_run(self, run_id: int, status: str = "done", error: str | None = None) -> None:
+    def finish_run(self, run_id: int, status: str, error: str | None = None,
+                   metrics: dict[str, float] | None = None) -> None:
+        """Close a run: ``status`` is done, failed or interrupted."""
         with self.transaction():
             self.db.execute(
-                "UPDATE runs SET status = ?, error = ?, finished = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
-                " WHERE id = ?",
-                (status, error, run_id),
+                "UPDATE runs SET status = ?, error = ?, final_metrics = ?,"
+                " finished = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?",
+                (status, error, json.dumps(metrics) if metrics is not None else None, run_id),
             )
+
+    def run(self, run_id: int) -> sqlite3.Row | None:
+        return self.one("SELECT * FROM runs WHERE id = ?", (run_id,))
 
     def log_metrics(self, run_id: int, step: int, values: dict[str, float]) -> None:
         with self.transaction():
@@ -213,9 +258,7 @@ class Store:
             )
 
     def metrics(self, run_id: int, key: str) -> list[tuple[int, float]]:
-        rows = self.db.execute(
-            "SELECT step, value FROM metrics WHERE run_id = ? AND key = ? ORDER BY step", (run_id, key)
-        )
+        rows = self.query("SELECT step, value FROM metrics WHERE run_id = ? AND key = ? ORDER BY step", (run_id, key))
         return [(r[0], r[1]) for r in rows]
 
     def add_artifact(
@@ -229,28 +272,52 @@ class Store:
 
     # -- reading training data ---------------------------------------------------
 
-    def preference_pairs(self) -> list[dict[str, Any]]:
-        """Decided judgments as prompt messages / chosen / rejected (ties skipped)."""
-        rows = self.db.execute(
+    def preference_pairs(self, prefer: tuple[str, ...] = SOURCES) -> list[dict[str, Any]]:
+        """One training pair per judged pair of samples, train split only.
+
+        A pair of samples judged several times (by a person, a model, an import;
+        in either order) gets one verdict: the first source in ``prefer`` that
+        judged it (a person's label over a model's by default), its latest
+        judgment. Ties and order-inconsistent verdicts are no preference, and a
+        pair is never trained in both directions. Each row carries the
+        judgment it came from and ``p`` (the chosen answer's probability of
+        being better, for soft labels).
+        """
+        rank = {s: i for i, s in enumerate(prefer)}
+        rows = self.query(
             """
-            SELECT p.messages, sa.text AS a, sb.text AS b, j.winner
+            SELECT j.id, j.a_id, j.b_id, j.winner, j.p_a, j.source, j.consistent,
+                   p.messages, sa.text AS a, sb.text AS b
             FROM judgments j
             JOIN prompts p ON p.id = j.prompt_id
             JOIN samples sa ON sa.id = j.a_id
             JOIN samples sb ON sb.id = j.b_id
-            WHERE j.winner != 'tie' AND p.split = 'train'
+            WHERE p.split = 'train'
             ORDER BY j.id
             """
         )
-        out = []
+        chosen_verdict: dict[tuple[int, int], sqlite3.Row] = {}
         for r in rows:
-            chosen, rejected = (r["a"], r["b"]) if r["winner"] == "a" else (r["b"], r["a"])
-            out.append({"messages": json.loads(r["messages"]), "chosen": chosen, "rejected": rejected})
+            if r["source"] not in rank:
+                continue
+            key = (min(r["a_id"], r["b_id"]), max(r["a_id"], r["b_id"]))
+            held = chosen_verdict.get(key)
+            if held is None or rank[r["source"]] <= rank[held["source"]]:
+                chosen_verdict[key] = r  # a later judgment of an equal source replaces an earlier one
+        out = []
+        for r in sorted(chosen_verdict.values(), key=lambda r: r["id"]):
+            if r["winner"] == "tie" or r["consistent"] == 0 or r["a"].strip() == r["b"].strip():
+                continue
+            a_wins = r["winner"] == "a"
+            p_a = r["p_a"] if r["p_a"] is not None else 1.0 if a_wins else 0.0
+            out.append({"messages": json.loads(r["messages"]), "chosen": r["a"] if a_wins else r["b"],
+                        "rejected": r["b"] if a_wins else r["a"], "judgment_id": r["id"],
+                        "p": p_a if a_wins else 1.0 - p_a})
         return out
 
     def sft_examples(self) -> list[dict[str, Any]]:
         """Prompt messages with a good answer: references, revisions and judged winners."""
-        rows = self.db.execute(
+        rows = self.query(
             """
             SELECT p.messages, s.text FROM samples s JOIN prompts p ON p.id = s.prompt_id
             WHERE p.split = 'train' AND (s.kind IN ('reference', 'revision')
@@ -266,7 +333,7 @@ class Store:
         """Unpaired good/bad examples: explicit labels plus both sides of each pair."""
         out = [
             {"messages": json.loads(r[0]), "completion": r[1], "label": bool(r[2])}
-            for r in self.db.execute(
+            for r in self.query(
                 "SELECT p.messages, s.text, l.label FROM labels l JOIN samples s ON s.id = l.sample_id"
                 " JOIN prompts p ON p.id = s.prompt_id WHERE p.split = 'train' ORDER BY l.id"
             )
@@ -277,5 +344,5 @@ class Store:
         return out
 
     def counts(self) -> dict[str, int]:
-        tables = ["prompts", "samples", "critiques", "judgments", "labels", "runs", "artifacts"]
-        return {t: self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+        tables = ["prompts", "samples", "critiques", "judgments", "labels", "rewards", "runs", "artifacts"]
+        return {t: self.one(f"SELECT count(*) FROM {t}")[0] for t in tables}

@@ -12,29 +12,29 @@ from __future__ import annotations
 from pathlib import Path
 
 from plumb.core.hookspecs import hookimpl
-from plumb.core.records import Run, RunResult
-from plumb.train import METHODS
+from plumb.core.records import RunResult, RunSpec
+from plumb.train import METHODS, TrainConfig
 
 
 @hookimpl
 def plumb_register_methods(register) -> None:
     for name, description in METHODS.items():
-        register(name, description)
+        register(name, description, options=TrainConfig)
 
 
 @hookimpl
-def plumb_optimize(method: str, run: Run) -> RunResult | None:
+def plumb_optimize(ctx, method: str, run: RunSpec) -> RunResult | None:
     if method not in METHODS:
         return None
     from plumb.train.loop import train
 
-    result = train(run)
+    result = train(run, ctx)
     if run.config.get("gguf"):
         result.artifacts.append(("gguf-lora", export_gguf(result.adapter_dir, run)))
     return result
 
 
-def export_gguf(adapter_dir: str, run: Run) -> str:
+def export_gguf(adapter_dir: str, run: RunSpec) -> str:
     """Convert the peft adapter to a GGUF LoRA next to it (plumb.export.lora_to_gguf)."""
     from plumb.core.errors import PlumbError
 

@@ -1,15 +1,17 @@
 """Text verifiers for measurable principles: word and sentence limits, no
 exclamation marks, answer-first, regex, exact answer.
 
-A constitution names them in ``[[principles.checks]]``; ``check_completion``
-runs them. Each verifier answers only for a task whose ``meta["check"]`` names
-it (or, for ``exact``, a task with an ``answer``) and returns None otherwise.
+A constitution names them in ``[[principles.checks]]``;
+``plumb.core.rewards.check_completions`` runs them. Each is a per-item
+``score`` function handed over at registration: the style checks answer only
+for a task that carries a check (``task.check``), ``exact`` for a task with an
+``answer``; otherwise they return None.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Callable
 
 from plumb.core.hookspecs import hookimpl
 from plumb.core.records import Completion, Reward, Task
@@ -69,41 +71,30 @@ CHECKS: dict[str, tuple[Callable[..., tuple[float, str]], str]] = {
 }
 
 
+def _text_check(name: str, fn: Callable[..., tuple[float, str]]) -> Callable[[Task, Completion], Reward | None]:
+    """A per-item verifier for a style check: it applies only to tasks that ask for it."""
+
+    def score(task: Task, completion: Completion) -> Reward | None:
+        if task.check is None:
+            return None
+        try:
+            value, detail = fn(completion.text, **task.params)
+        except TypeError as exc:
+            return Reward(name, 0.0, f"bad params for {name}: {exc}", status="error")
+        return Reward(name, value, detail)
+
+    return score
+
+
+def exact(task: Task, completion: Completion) -> Reward | None:
+    if task.answer is None:
+        return None
+    ok = completion.text.strip() == str(task.answer).strip()
+    return Reward("exact", float(ok), "match" if ok else "no match")
+
+
 @hookimpl
 def plumb_register_verifiers(register):
-    for name, (_, doc) in CHECKS.items():
-        register(name, doc)
-    register("exact", "1 if the stripped answer equals the task's expected answer")
-
-
-@hookimpl
-def plumb_reward(task: Task, completion: Completion) -> Reward | None:
-    check = task.meta.get("check")
-    if check is not None:
-        name = check.get("verifier")
-        if name not in CHECKS:
-            return None
-        fn = CHECKS[name][0]
-        try:
-            value, detail = fn(completion.text, **check.get("params", {}))
-        except TypeError as exc:
-            return Reward(name, 0.0, f"bad params for {name}: {exc}")
-        return Reward(name, value, detail)
-    if task.answer is not None:
-        ok = completion.text.strip() == str(task.answer).strip()
-        return Reward("exact", float(ok), "match" if ok else "no match")
-    return None
-
-
-def check_completion(pm: Any, constitution: Any, completion: Completion) -> list[tuple[str, Reward]]:
-    """Run every check of every principle on one completion: [(principle_id, reward)]."""
-    from plumb.core.records import Chat
-
-    results = []
-    for p in constitution.principles:
-        for c in p.checks:
-            task = Task(prompt=Chat(()), meta={"check": {"verifier": c.verifier, "params": dict(c.params)}})
-            for reward in pm.hook.plumb_reward(task=task, completion=completion):
-                if reward is not None and reward.name == c.verifier:
-                    results.append((p.id, reward))
-    return results
+    for name, (fn, doc) in CHECKS.items():
+        register(name, doc, score=_text_check(name, fn))
+    register("exact", "1 if the stripped answer equals the task's expected answer", score=exact)

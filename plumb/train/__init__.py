@@ -10,8 +10,9 @@ plain ``sft``, nanoGPT style: read it top to bottom. The pieces:
     loop.py        load policy + LoRA, the loop, metrics, evaluation
     checkpoint.py  atomic checkpoints and resume
 
-This module is light on purpose (no torch): the CLI reads ``TrainConfig`` for
-its defaults and help without importing torch.
+This module is light on purpose (no torch): the CLI and the method registry
+read ``TrainConfig`` (a pydantic model: the methods' registered options)
+without importing torch.
 
 Defaults, and why
 -----------------
@@ -38,8 +39,10 @@ Defaults, and why
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 METHODS = {
     "dpo": "DPO (sigmoid loss, optional label smoothing / robust) on chosen/rejected pairs, LoRA",
@@ -52,40 +55,42 @@ METHODS = {
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-@dataclass
-class TrainConfig:
-    """Every hyperparameter of a run; saved in each checkpoint."""
+class TrainConfig(BaseModel):
+    """Every hyperparameter of a run; saved in each checkpoint. Unknown keys, wrong
+    types and out-of-range values are refused (the method's registered options)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: str = "dpo"
-    steps: int | None = None  # optimizer steps; None = `epochs` passes over the data
-    epochs: float = 1.0
-    batch_size: int = 4  # pairs (or examples) per micro-batch
-    grad_accum: int = 1
-    lr: float | None = None  # None = 5e-5 (preference losses) or 2e-4 (sft, orpo)
-    schedule: str = "cosine"  # cosine | linear | constant
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    beta: float = 0.1
-    loss_type: str | None = None  # dpo: sigmoid | robust; defaults from the method
-    label_smoothing: float = 0.0  # cDPO (sigmoid) / robust DPO
-    rpo_alpha: float | None = None  # dpo family: + alpha * NLL on chosen (RPO; TRL's rpo_alpha)
-    desirable_weight: float = 1.0  # kto
-    undesirable_weight: float = 1.0  # kto
-    max_length: int = 1024
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: tuple[str, ...] = LORA_TARGETS
+    steps: int | None = Field(None, ge=1)  # optimizer steps; None = `epochs` passes over the data
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(4, ge=1)  # pairs (or examples) per micro-batch
+    grad_accum: int = Field(1, ge=1)
+    lr: float | None = Field(None, gt=0, le=1)  # None = 5e-5 (preference losses) or 2e-4 (sft, orpo)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    beta: float = Field(0.1, gt=0)
+    loss_type: Literal["sigmoid", "robust", "ipo", "hinge"] | None = None  # defaults from the method
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # cDPO (sigmoid) / robust DPO
+    rpo_alpha: float | None = Field(None, ge=0)  # dpo family: + alpha * NLL on chosen (RPO; TRL's rpo_alpha)
+    desirable_weight: float = Field(1.0, gt=0)  # kto
+    undesirable_weight: float = Field(1.0, gt=0)  # kto
+    max_length: int = Field(1024, ge=8)
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_targets: tuple[str, ...] = Field(LORA_TARGETS, min_length=1)
     precompute_ref: bool = True
     shared_prompt: bool = True  # chosen + rejected in one row, the prompt computed once (see data.collate_shared)
     gradient_checkpointing: bool = False
     seed: int = 0
     shuffle: bool = True
     resume: bool = False  # continue from the newest checkpoint in the output directory
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 3
-    eval_every: int = 0  # 0 = evaluate at the end only
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(3, ge=0)
+    eval_every: int = Field(0, ge=0)  # 0 = evaluate at the end only
     device: str | None = None  # None = cuda when present, else cpu
     gguf: bool = False
 
@@ -102,26 +107,21 @@ class TrainConfig:
         return {"dpo": "sigmoid", "ipo": "ipo", "hinge": "hinge"}.get(self.method, self.method)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["lora_targets"] = list(self.lora_targets)
-        return d
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        """Build from a dict (a TOML run config, ``Run.config``); unknown keys are an error."""
-        from plumb.core.errors import PlumbError
+        """Build from a dict (a TOML run config, ``RunSpec.config``); every problem is reported by key."""
+        from plumb.core.options import validate_options
 
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise PlumbError(
-                f"unknown training setting(s) {unknown}. Known: {', '.join(sorted(known))}.",
-                exit_code=2,
-            )
-        values = {k: v for k, v in values.items() if v is not None or k in ("steps", "lr", "device")}
-        if "lora_targets" in values:
-            values["lora_targets"] = tuple(values["lora_targets"])
-        return cls(**values)
+        method = values.get("method", "dpo")
+        return cls(**validate_options(_Options(method, cls), values))
+
+
+@dataclass(frozen=True)
+class _Options:  # what validate_options needs of a registry entry
+    name: str
+    impl: Any
 
 
 def train(run, **kwargs):

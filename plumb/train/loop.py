@@ -1,7 +1,7 @@
 """One training function for DPO, IPO, hinge, KTO, ORPO and SFT with LoRA.
 
     from plumb.train.loop import train
-    result = train(Run("dpo", ModelSpec("hf", "DIR"), pairs, "out/", config={"steps": 100}))
+    result = train(RunSpec("dpo", ModelSpec("hf", "DIR"), rows, "out/", config={"steps": 100}), ctx)
 
 Read it top to bottom, nanoGPT style: config and seed, load the policy and wrap
 it in a LoRA adapter, tokenize, precompute the reference log-probs, then one
@@ -40,7 +40,8 @@ from typing import Any
 import torch
 
 from plumb.core.errors import PlumbError
-from plumb.core.records import Event, Run, RunResult
+from plumb.core.context import Cancelled
+from plumb.core.records import Event, RunResult, RunSpec
 from plumb.train import TrainConfig, checkpoint, data, losses
 from plumb.train.logps import completion_logps
 
@@ -52,6 +53,9 @@ def load_policy(target: str, cfg: TrainConfig, device: str):
     """(peft model, tokenizer) for an HF model directory or hub id."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # plumb draws its own progress
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(target)
@@ -274,17 +278,20 @@ def _oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
-def train(run: Run, *, policy: tuple[Any, Any] | None = None) -> RunResult:
+def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> RunResult:
     """Train ``run.policy`` with ``run.method`` on ``run.data``; write the adapter
-    to ``run.out_dir/adapter``. ``policy`` = (peft model, tokenizer) skips loading
-    (tests and benchmarks pass one they want to inspect afterwards)."""
+    to ``run.out_dir/adapter``. ``ctx`` (a HookContext) receives the events and
+    carries the cancel flag: a cancel stops at the next step boundary with a
+    checkpoint, so ``resume`` continues from there. ``policy`` = (peft model,
+    tokenizer) skips loading (tests and benchmarks pass one to inspect afterwards)."""
     cfg = TrainConfig.from_dict({**run.config, "method": run.method})
     resume = cfg.resume
     out = Path(run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    emit = ctx.emit if ctx is not None else (lambda event: None)
 
     def log(message: str) -> None:
-        run.emit(Event("log", run.run_id, message=message))
+        emit(Event("log", run.run_id, message=message))
 
     # seed, device, precision
     random.seed(cfg.seed)
@@ -423,9 +430,13 @@ def train(run: Run, *, policy: tuple[Any, Any] | None = None) -> RunResult:
             metrics.update(evaluate(model, eval_examples, eval_ref, cfg, pad_id, device, autocast))
         if step == total and eval_examples:
             metrics.update(evaluate(model, eval_examples, eval_ref, cfg, pad_id, device, autocast))
-        run.emit(Event("metric", run.run_id, step, total, values=metrics))
-        if step % cfg.checkpoint_every == 0 or step == total:
+        emit(Event("metric", run.run_id, step, total, values=metrics))
+        stop = ctx is not None and ctx.cancelled()
+        if step % cfg.checkpoint_every == 0 or step == total or stop:
             log(f"checkpoint {save_checkpoint(step)}")
+        if stop and step < total:
+            raise Cancelled(f"stopped at step {step} of {total}; the checkpoint is in {out / 'checkpoints'} "
+                            "and resume continues from it.")
 
     # the adapter (peft format, loads with PeftModel.from_pretrained), written then renamed
     adapter = out / "adapter"

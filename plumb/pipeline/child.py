@@ -1,0 +1,146 @@
+"""Run an optimizer in a child process that streams its events to the parent.
+
+A crash, an OOM kill or a SIGKILL of the child never takes the caller (the
+CLI, the TUI) down: the parent reads the child's events as JSON lines, keeps
+the last lines of its stderr, and turns any ending other than a final
+``done`` event into an error that names what happened.
+
+Protocol. The parent writes ``OUT/run-spec.json`` ({"run": RunSpec, "plugin_files",
+"base_dir"}) and starts ``python -m plumb.pipeline.child OUT/run-spec.json``.
+The child moves its own stdout to stderr (so library prints cannot corrupt the
+stream), writes one event per line on the original stdout, and ends with a
+``done`` event whose message is the RunResult as JSON, or an ``error`` event.
+Exit code 0: done; 130: stopped on request (SIGINT, or SIGTERM from the
+parent's cancel); anything else: failed.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from plumb.core.errors import PlumbError
+from plumb.core.events import from_json, to_json
+from plumb.core.records import Event, EventSink, RunResult, RunSpec
+from plumb.pipeline.runs import Interrupted
+
+STOPPED = 130
+TAIL = 20  # stderr lines kept for the error message
+
+
+def run_in_child(run: RunSpec, sink: EventSink, cancel: threading.Event, plugin_files: list[str],
+                 base_dir: str | None) -> RunResult:
+    """Train ``run`` in a child process; events go to ``sink``; setting ``cancel`` stops it cleanly."""
+    out = Path(run.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec_path = out / "run-spec.json"
+    spec_path.write_text(json.dumps({"run": run.to_dict(), "plugin_files": plugin_files, "base_dir": base_dir}))
+    proc = subprocess.Popen([sys.executable, "-m", "plumb.pipeline.child", str(spec_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL)
+    drain = threading.Thread(target=lambda: tail.extend(line.rstrip() for line in proc.stderr), daemon=True)
+    drain.start()
+    watch = threading.Thread(target=_forward_cancel, args=(proc, cancel), daemon=True)
+    watch.start()
+    result: RunResult | None = None
+    error = ""
+    try:
+        for line in proc.stdout:
+            try:
+                event = from_json(line)
+            except ValueError:
+                tail.append(line.rstrip())
+                continue
+            if event.kind == "done":
+                result = RunResult(**json.loads(event.message))
+                event.message = ""
+            elif event.kind == "error":
+                error = event.message
+            sink(event)
+        code = proc.wait()
+    except BaseException:  # Ctrl-C in the parent: the child got it too (same process group); let it stop
+        _stop(proc)
+        raise
+    finally:
+        drain.join(timeout=5)  # the cancel watcher ends by itself once the process has
+    if code == 0 and result is not None:
+        return result
+    if code == STOPPED or cancel.is_set():
+        raise Interrupted(error or "stopped on request")
+    how = (f"was killed by signal {signal.Signals(-code).name}" + (" (out of memory?)" if code == -9 else "")
+           if code < 0 else f"exited with code {code}")
+    if code == 0:
+        how = "exited without a final event"
+    raise PlumbError(f"the training process {how}" + (f": {error}" if error else "") +
+                     (".\nIts last log lines:\n  " + "\n  ".join(tail) if tail and not error else "."))
+
+
+def _forward_cancel(proc: subprocess.Popen, cancel: threading.Event) -> None:
+    while proc.poll() is None:
+        if cancel.wait(0.2):
+            proc.send_signal(signal.SIGTERM)
+            return
+
+
+def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# -- the child ----------------------------------------------------------------------------
+
+
+def main(spec_path: str) -> int:
+    from plumb.core.context import Cancelled, HookContext
+    from plumb.core.plugins import get_plugin_manager
+
+    events = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # anything printed from here on goes to stderr, not into the event stream
+    sys.stdout = sys.stderr
+
+    def emit(event: Event) -> None:
+        events.write(to_json(event) + "\n")
+
+    cancel = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: cancel.set())
+    try:
+        spec = json.loads(Path(spec_path).read_text())
+        run = RunSpec.from_dict(spec["run"])
+        pm = get_plugin_manager(spec["plugin_files"], base_dir=Path(spec["base_dir"]) if spec["base_dir"] else None)
+        ctx = HookContext(pm, emit, cancel, run.run_id)
+        result = pm.hook.plumb_optimize(ctx=ctx, method=run.method, run=run)
+        if result is None:
+            raise PlumbError(f"no installed plugin trains {run.method!r}.")
+    except (KeyboardInterrupt, Cancelled) as exc:
+        emit(Event("error", run_id=None, message=str(exc) or "stopped on request"))
+        return STOPPED
+    except PlumbError as exc:
+        emit(Event("error", message=str(exc)))
+        return 1
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc()
+        emit(Event("error", message=f"unexpected {type(exc).__name__}: {exc}"))
+        return 1
+    emit(Event("done", run_id=run.run_id, values=_numbers(result.metrics), message=json.dumps(asdict(result))))
+    return 0
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
