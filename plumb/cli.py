@@ -53,10 +53,11 @@ def cli(ctx: click.Context, workspace: str | None) -> None:
 
 def _register() -> None:
     from plumb.commands import constitution, data, models, workspace
-    from plumb.commands import export, generate, quickstart
+    from plumb.commands import critique, export, generate, judge, label, pairs, quickstart
     from plumb.commands import train
 
-    for module in (workspace, constitution, data, models, generate, export, quickstart, train):
+    for module in (workspace, constitution, data, models, generate, critique, judge, label, pairs, export,
+                   quickstart, train):
         module.register(cli)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from plumb.cli import cli
-from plumb.core.dataio import export_rows
+from plumb.pipeline.pairs import export_rows
 
 
 def _write(path, rows):

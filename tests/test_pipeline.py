@@ -255,7 +255,8 @@ def plumb_optimize(ctx, method, run):
     if method != "slow":
         return None
     for step in range(1, 10_000):
-        ctx.emit(Event("metric", step=step, values={"loss": 1.0}))
+        if step == 1 or not run.config.get("quiet"):  # quiet: a long stretch with nothing to report
+            ctx.emit(Event("metric", step=step, values={"loss": 1.0}))
         if run.config.get("die_at") == step:
             print("about to die", flush=True)
             os.kill(os.getpid(), 9)
@@ -389,3 +390,47 @@ def test_dpo_child_killed_mid_run_is_failed_then_a_rerun_resumes_it(workspace, t
         assert session.store.run(done.run_id)["status"] == "done"
         again = train(session, opts)  # identical and finished: reused, not retrained
         assert again.skipped and again.run_id == done.run_id
+
+
+PARENT = """
+import sys
+from plumb.pipeline.session import open_session
+from plumb.pipeline.train import TrainOptions, train
+with open_session(sys.argv[1]) as session:
+    train(session, TrainOptions("slow", policy="hf:.", config={"quiet": True}, fresh=True),
+          lambda e: print(e.kind, flush=True))
+"""
+
+
+def test_the_training_child_stops_when_its_parent_is_killed(slow_session, tmp_path):
+    import os
+    import signal as sig
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(slow_session.root)], stdout=subprocess.PIPE,
+                              text=True, cwd=slow_session.root)
+    while parent.stdout.readline().strip() != "metric":  # the child is running once a step is reported
+        assert parent.poll() is None
+    children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent_of(int(p)) == parent.pid]
+    assert children
+    parent.send_signal(sig.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 20
+    while any(Path(f"/proc/{c}").exists() and _state(c) != "Z" for c in children):
+        assert time.time() < deadline, "the training child outlived its parent"
+        time.sleep(0.1)
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"

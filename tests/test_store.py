@@ -104,21 +104,6 @@ def test_migrating_a_v1_workspace_keeps_its_data(tmp_path):
     assert store.one("PRAGMA foreign_keys")[0] == 1
 
 
-def test_preference_pairs_one_verdict_per_pair_person_first(tmp_path):
-    store = Store(tmp_path / "s.db")
-    pid = store.add_prompt([{"role": "user", "content": "q"}])
-    a, b, c = (store.add_sample(pid, t, Provenance()) for t in ("short", "long", "other"))
-    model = Judgment("a", 0.8, "llamacpp:j", ab="a", ba="a", p_a_ab=0.7, p_a_ba=0.9)
-    store.add_judgment(pid, a, b, model, Provenance())
-    store.add_judgment(pid, b, a, Judgment("a", 1.0, "human", source="human"), Provenance())  # b over a
-    store.add_judgment(pid, a, c, Judgment("tie", 0.5, "llamacpp:j", ab="a", ba="b"), Provenance())  # inconsistent
-    pairs = store.preference_pairs()
-    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("long", "short")]  # the person's, once
-    assert pairs[0]["p"] == 1.0
-    model_only = store.preference_pairs(prefer=("model",))
-    assert [(p["chosen"], p["rejected"], p["p"]) for p in model_only] == [("short", "long", 0.8)]
-
-
 def test_store_is_usable_from_threads(tmp_path):
     import threading
 

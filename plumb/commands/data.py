@@ -37,13 +37,15 @@ def import_(ctx: click.Context, file: str, split: str, as_json: bool) -> None:
 @data.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["dpo", "sft", "kto"]), required=True)
+@click.option("--by", type=click.Choice(["judge", "checks", "both"]), default="both", show_default=True,
+              help="Whose verdicts make pairs besides a person's and imports (see `plumb pairs build`).")
 @click.pass_context
-def export(ctx: click.Context, file: str, fmt: str) -> None:
-    """Write the workspace's data to FILE in TRL's conversational shapes."""
-    from plumb.core.dataio import export_file
+def export(ctx: click.Context, file: str, fmt: str, by: str) -> None:
+    """Write the workspace's data to FILE in TRL's conversational shapes (dpo rows carry the soft label p)."""
+    from plumb.pipeline.pairs import export_file
 
     with workspace_from(ctx).store() as store:
-        n = export_file(store, fmt, file)
+        n = export_file(store, fmt, file, by)
     click.echo(f"Wrote {n} {fmt} rows to {file}.")
 
 

@@ -6,7 +6,8 @@ conversational format):
 
 * prompt:      ``{"prompt": ...}`` with optional task fields ``tests``, ``answer``, ``schema``, ``meta``
 * chat:        ``{"messages": [...]}``; a final assistant turn is kept as a reference answer
-* preference:  ``{"prompt": ..., "chosen": ..., "rejected": ...}``
+* preference:  ``{"prompt": ..., "chosen": ..., "rejected": ...}``, optionally ``"p"``: the
+               probability that chosen is better (a soft label; 1 when absent)
 * unpaired:    ``{"prompt": ..., "completion": ..., "label": true|false}``
 
 An import is all or nothing: every line is parsed and checked first, and a
@@ -17,7 +18,6 @@ each one.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +85,8 @@ def parse_line(obj: Any) -> Parsed:
             f"unrecognised line with keys {sorted(keys)}; expected one of: "
             "{prompt}, {messages}, {prompt, chosen, rejected}, {prompt, completion, label}"
         )
-    extra = keys - required - (TASK_KEYS if shape in ("prompt", "chat") else set())
+    optional = TASK_KEYS if shape in ("prompt", "chat") else {"p"} if shape == "preference" else set()
+    extra = keys - required - optional
     if extra:
         raise ValueError(f"unknown keys {sorted(extra)} for a {shape} line")
     if shape == "chat":
@@ -107,7 +108,10 @@ def parse_line(obj: Any) -> Parsed:
             raise ValueError("'chosen' and 'rejected' are the same text: the pair teaches nothing")
         if not chosen.strip() or not rejected.strip():
             raise ValueError("'chosen' and 'rejected' must both be non-empty")
-        return Parsed(shape, msgs, None, {"chosen": chosen, "rejected": rejected})
+        p = obj.get("p", 1.0)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.5 <= p <= 1:
+            raise ValueError(f"'p' (the probability that chosen is better) must be a number in [0.5, 1], got {p!r}")
+        return Parsed(shape, msgs, None, {"chosen": chosen, "rejected": rejected, "p": float(p)})
     if not isinstance(obj["label"], bool):
         raise ValueError(f"'label' must be true or false, got {obj['label']!r}")
     completion = _answer(obj["completion"], "completion")
@@ -169,7 +173,7 @@ def import_records(store: Store, records: list[Parsed], source: str, split: str 
             if r.shape == "preference":
                 a = store.add_sample(pid, r.answers["chosen"], prov, kind="import")
                 b = store.add_sample(pid, r.answers["rejected"], prov, kind="import")
-                store.add_judgment(pid, a, b, Judgment("a", 1.0, judge="import", source="import"), prov)
+                store.add_judgment(pid, a, b, Judgment("a", r.answers["p"], judge="import", source="import"), prov)
             elif r.shape == "unpaired":
                 s = store.add_sample(pid, r.answers["completion"], prov, kind="import")
                 store.add_label(s, r.answers["label"], judge="import", prov=prov)
@@ -181,31 +185,3 @@ def import_records(store: Store, records: list[Parsed], source: str, split: str 
 
 def import_file(store: Store, path: str | Path, split: str = "train") -> dict[str, int]:
     return import_records(store, read_jsonl(path), source=str(path), split=split)
-
-
-def export_rows(store: Store, fmt: str) -> list[dict[str, Any]]:
-    """Rows in TRL's conversational shapes: dpo, sft (messages) or kto."""
-    if fmt == "dpo":
-        return [
-            {"prompt": p["messages"], "chosen": [{"role": "assistant", "content": p["chosen"]}],
-             "rejected": [{"role": "assistant", "content": p["rejected"]}]}
-            for p in store.preference_pairs()
-        ]
-    if fmt == "sft":
-        return [{"messages": e["messages"] + [{"role": "assistant", "content": e["completion"]}]}
-                for e in store.sft_examples()]
-    if fmt == "kto":
-        return [{"prompt": e["messages"], "completion": [{"role": "assistant", "content": e["completion"]}],
-                 "label": e["label"]} for e in store.labelled()]
-    raise PlumbError(f"unknown export format {fmt!r}: use dpo, sft or kto.", exit_code=2)
-
-
-def export_file(store: Store, fmt: str, path: str | Path) -> int:
-    rows = export_rows(store, fmt)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return len(rows)

@@ -134,8 +134,8 @@ def m002_judgments_both_orders_rewards_rollouts(db: sqlite3.Connection) -> None:
             b_id INTEGER NOT NULL REFERENCES samples(id) ON DELETE CASCADE,
             winner TEXT NOT NULL CHECK (winner IN ('a', 'b', 'tie')),  -- 'tie' also when the orders disagree
             p_a REAL,                 -- probability that a is better: the mean of both orders' p(a)
-            source TEXT NOT NULL CHECK (source IN ('human', 'model', 'import')),
-            judge TEXT NOT NULL,      -- 'human', 'import', or the judge's model spec
+            source TEXT NOT NULL CHECK (source IN ('human', 'model', 'import', 'checks')),
+            judge TEXT NOT NULL,      -- 'human', 'import', 'checks' (the principles' code checks), or a model spec
             principle_id TEXT,        -- NULL: judged against the whole constitution
             verdict_ab TEXT CHECK (verdict_ab IN ('a', 'b', 'tie')),  -- a shown as A
             verdict_ba TEXT CHECK (verdict_ba IN ('a', 'b', 'tie')),  -- b shown as A, mapped back to a/b

@@ -34,6 +34,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plumb.plugins.hf_generate",
     "plumb.plugins.anthropic_api",
     "plumb.plugins.preference",
+    "plumb.plugins.cai",
+    "plumb.plugins.judge",
 )
 ENTRY_POINT_GROUP = "plumb"
 
@@ -124,26 +126,29 @@ class PlumbPluginManager(pluggy.PluginManager):
             self._registry = Registry.collect(self)
         return self._registry
 
-    def generate(self, model: Any, chats: list, params: Any) -> tuple[list, str, str]:
-        """``plumb_generate`` as pluggy calls it (last registered first), saying who answered.
-
-        Provenance needs the answering plugin's name and version, which a
-        firstresult hook call does not report. Returns (one list of completions
-        per chat, plugin name, plugin version).
-        """
-        self.registry.check_backend(model.backend)
-        for impl in reversed(self.hook.plumb_generate.get_hookimpls()):
+    def first(self, hook: str, **kwargs: Any) -> tuple[Any, str, str]:
+        """Call a firstresult hook as pluggy does (last registered first) and say who answered:
+        (result, plugin name, plugin version), or (None, "", "") when no plugin did. Provenance
+        needs the answering plugin, which a plain firstresult call does not report."""
+        for impl in reversed(getattr(self.hook, hook).get_hookimpls()):
             if impl.hookwrapper or getattr(impl, "wrapper", False):
                 continue
-            result = impl.function(model=model, chats=chats, params=params)
+            result = impl.function(**{k: kwargs[k] for k in impl.argnames})
             if result is not None:
-                if len(result) != len(chats):
-                    raise PlumbError(f"plugin {impl.plugin_name} returned {len(result)} answers for "
-                                     f"{len(chats)} prompts.")
                 return result, impl.plugin_name, self.version_of(impl.plugin_name)
-        owner = self.registry.backends[model.backend].plugin
-        raise PlumbError(f"plugin {owner} registers the {model.backend!r} backend but its plumb_generate "
-                         f"did not answer for {model}.")
+        return None, "", ""
+
+    def generate(self, model: Any, chats: list, params: Any) -> tuple[list, str, str]:
+        """``plumb_generate`` through ``first``: (one list of completions per chat, plugin, version)."""
+        self.registry.check_backend(model.backend)
+        result, plugin, version = self.first("plumb_generate", model=model, chats=chats, params=params)
+        if result is None:
+            owner = self.registry.backends[model.backend].plugin
+            raise PlumbError(f"plugin {owner} registers the {model.backend!r} backend but its plumb_generate "
+                             f"did not answer for {model}.")
+        if len(result) != len(chats):
+            raise PlumbError(f"plugin {plugin} returned {len(result)} answers for {len(chats)} prompts.")
+        return result, plugin, version
 
     def version_of(self, plugin_name: str) -> str:
         return self.sources.get(plugin_name, ("?", "?"))[1]

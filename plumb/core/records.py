@@ -118,8 +118,8 @@ class Judgment:
 
     winner: Verdict
     p_a: float | None  # probability that A is better, after debiasing
-    judge: str  # "human", "import", or a model spec
-    source: Literal["human", "model", "import"] = "model"
+    judge: str  # "human", "import", "checks", or a model spec
+    source: Literal["human", "model", "import", "checks"] = "model"
     ab: Verdict | None = None
     ba: Verdict | None = None
     p_a_ab: float | None = None
@@ -139,12 +139,12 @@ class Judgment:
 @dataclass(frozen=True)
 class CritiqueRequest:
     """A draft answer to critique and revise: ``rounds`` rounds, each on the
-    previous revision, against ``principle_id`` (None: the plugin picks one
-    per round, by weight)."""
+    previous revision. ``principles`` names the principle of each round (cycled
+    when shorter); empty: the plugin picks one per round, by weight."""
 
     chat: Chat
     draft: str
-    principle_id: str | None = None
+    principles: tuple[str, ...] = ()
     rounds: int = 2
 
 

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 from plumb.core.migrations import migrate, schema_version
 from plumb.core.records import Critique, Judgment, Reward
 
-SOURCES = ("human", "import", "model")  # whose verdict counts when several judged the same pair
+SOURCES = ("human", "import", "model", "checks")  # whose verdict counts when several judged the same pair
 
 
 @dataclass(frozen=True)
@@ -272,76 +272,54 @@ class Store:
 
     # -- reading training data ---------------------------------------------------
 
-    def preference_pairs(self, prefer: tuple[str, ...] = SOURCES) -> list[dict[str, Any]]:
-        """One training pair per judged pair of samples, train split only.
+    def verdicts(self, prefer: tuple[str, ...] = SOURCES, split: str = "train") -> list[dict[str, Any]]:
+        """One verdict per judged pair of samples in ``split``, decisive or not.
 
-        A pair of samples judged several times (by a person, a model, an import;
-        in either order) gets one verdict: the first source in ``prefer`` that
-        judged it (a person's label over a model's by default), its latest
-        judgment. Ties and order-inconsistent verdicts are no preference, and a
-        pair is never trained in both directions. Each row carries the
-        judgment it came from and ``p`` (the chosen answer's probability of
-        being better, for soft labels).
+        A pair of samples judged several times (by a person, an import, a model
+        judge, the checks; in either order) gets the verdict of the first source
+        in ``prefer`` that judged it (a person's over an import's over a model's
+        over the checks' by default), its latest judgment. Judgments from sources
+        not in ``prefer`` are ignored. Each row: judgment_id, prompt_id,
+        messages, a_id, b_id, a, b, winner, p_a, source, judge, consistent, ab, ba.
         """
         rank = {s: i for i, s in enumerate(prefer)}
         rows = self.query(
             """
-            SELECT j.id, j.a_id, j.b_id, j.winner, j.p_a, j.source, j.consistent,
-                   p.messages, sa.text AS a, sb.text AS b
+            SELECT j.id AS judgment_id, j.prompt_id, j.a_id, j.b_id, j.winner, j.p_a, j.source, j.judge,
+                   j.consistent, j.verdict_ab AS ab, j.verdict_ba AS ba, p.messages, sa.text AS a, sb.text AS b
             FROM judgments j
             JOIN prompts p ON p.id = j.prompt_id
             JOIN samples sa ON sa.id = j.a_id
             JOIN samples sb ON sb.id = j.b_id
-            WHERE p.split = 'train'
+            WHERE p.split = ?
             ORDER BY j.id
-            """
-        )
-        chosen_verdict: dict[tuple[int, int], sqlite3.Row] = {}
+            """, (split,))
+        chosen: dict[tuple[int, int], sqlite3.Row] = {}
         for r in rows:
             if r["source"] not in rank:
                 continue
             key = (min(r["a_id"], r["b_id"]), max(r["a_id"], r["b_id"]))
-            held = chosen_verdict.get(key)
+            held = chosen.get(key)
             if held is None or rank[r["source"]] <= rank[held["source"]]:
-                chosen_verdict[key] = r  # a later judgment of an equal source replaces an earlier one
+                chosen[key] = r  # a later judgment of an equal source replaces an earlier one
         out = []
-        for r in sorted(chosen_verdict.values(), key=lambda r: r["id"]):
-            if r["winner"] == "tie" or r["consistent"] == 0 or r["a"].strip() == r["b"].strip():
-                continue
-            a_wins = r["winner"] == "a"
-            p_a = r["p_a"] if r["p_a"] is not None else 1.0 if a_wins else 0.0
-            out.append({"messages": json.loads(r["messages"]), "chosen": r["a"] if a_wins else r["b"],
-                        "rejected": r["b"] if a_wins else r["a"], "judgment_id": r["id"],
-                        "p": p_a if a_wins else 1.0 - p_a})
+        for r in sorted(chosen.values(), key=lambda r: r["judgment_id"]):
+            row = dict(r)
+            row["messages"] = json.loads(row["messages"])
+            out.append(row)
         return out
 
-    def sft_examples(self) -> list[dict[str, Any]]:
-        """Prompt messages with a good answer: references, revisions and judged winners."""
-        rows = self.query(
-            """
-            SELECT p.messages, s.text FROM samples s JOIN prompts p ON p.id = s.prompt_id
-            WHERE p.split = 'train' AND (s.kind IN ('reference', 'revision')
-               OR s.id IN (SELECT CASE winner WHEN 'a' THEN a_id ELSE b_id END
-                           FROM judgments WHERE winner != 'tie')
-               OR s.id IN (SELECT sample_id FROM labels WHERE label = 1))
-            ORDER BY s.id
-            """
-        )
+    def references(self, split: str = "train") -> list[dict[str, Any]]:
+        """Reference answers (imported chats' assistant turns) as prompt messages + completion."""
+        rows = self.query("SELECT p.messages, s.text FROM samples s JOIN prompts p ON p.id = s.prompt_id "
+                          "WHERE p.split = ? AND s.kind = 'reference' ORDER BY s.id", (split,))
         return [{"messages": json.loads(r[0]), "completion": r[1]} for r in rows]
 
-    def labelled(self) -> list[dict[str, Any]]:
-        """Unpaired good/bad examples: explicit labels plus both sides of each pair."""
-        out = [
-            {"messages": json.loads(r[0]), "completion": r[1], "label": bool(r[2])}
-            for r in self.query(
-                "SELECT p.messages, s.text, l.label FROM labels l JOIN samples s ON s.id = l.sample_id"
-                " JOIN prompts p ON p.id = s.prompt_id WHERE p.split = 'train' ORDER BY l.id"
-            )
-        ]
-        for pair in self.preference_pairs():
-            out.append({"messages": pair["messages"], "completion": pair["chosen"], "label": True})
-            out.append({"messages": pair["messages"], "completion": pair["rejected"], "label": False})
-        return out
+    def labels(self, split: str = "train") -> list[dict[str, Any]]:
+        """Unpaired good/bad labels as prompt messages + completion + label."""
+        rows = self.query("SELECT p.messages, s.text, l.label FROM labels l JOIN samples s ON s.id = l.sample_id"
+                          " JOIN prompts p ON p.id = s.prompt_id WHERE p.split = ? ORDER BY l.id", (split,))
+        return [{"messages": json.loads(r[0]), "completion": r[1], "label": bool(r[2])} for r in rows]
 
     def counts(self) -> dict[str, int]:
         tables = ["prompts", "samples", "critiques", "judgments", "labels", "rewards", "runs", "artifacts"]

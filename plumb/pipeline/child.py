@@ -6,7 +6,9 @@ the last lines of its stderr, and turns any ending other than a final
 ``done`` event into an error that names what happened.
 
 Protocol. The parent writes ``OUT/run-spec.json`` ({"run": RunSpec, "plugin_files",
-"base_dir"}) and starts ``python -m plumb.pipeline.child OUT/run-spec.json``.
+"base_dir"}) and starts ``python -m plumb.pipeline.child OUT/run-spec.json PARENT_PID``.
+If the parent dies, the kernel sends the child SIGTERM (Linux), which stops it
+like a cancel: at the next step, with a checkpoint.
 The child moves its own stdout to stderr (so library prints cannot corrupt the
 stream), writes one event per line on the original stdout, and ends with a
 ``done`` event whose message is the RunResult as JSON, or an ``error`` event.
@@ -43,7 +45,7 @@ def run_in_child(run: RunSpec, sink: EventSink, cancel: threading.Event, plugin_
     out.mkdir(parents=True, exist_ok=True)
     spec_path = out / "run-spec.json"
     spec_path.write_text(json.dumps({"run": run.to_dict(), "plugin_files": plugin_files, "base_dir": base_dir}))
-    proc = subprocess.Popen([sys.executable, "-m", "plumb.pipeline.child", str(spec_path)],
+    proc = subprocess.Popen([sys.executable, "-m", "plumb.pipeline.child", str(spec_path), str(os.getpid())],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
     tail: collections.deque[str] = collections.deque(maxlen=TAIL)
     drain = threading.Thread(target=lambda: tail.extend(line.rstrip() for line in proc.stderr), daemon=True)
@@ -101,7 +103,20 @@ def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
 # -- the child ----------------------------------------------------------------------------
 
 
-def main(spec_path: str) -> int:
+def _stop_with_parent(parent: int) -> None:
+    """Ask the kernel for SIGTERM (a clean stop, with a checkpoint) when the parent dies (Linux);
+    a parent that died before this call is noticed at once."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def main(spec_path: str, parent: int) -> int:
     from plumb.core.context import Cancelled, HookContext
     from plumb.core.plugins import get_plugin_manager
 
@@ -114,6 +129,7 @@ def main(spec_path: str) -> int:
 
     cancel = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: cancel.set())
+    _stop_with_parent(parent)
     try:
         spec = json.loads(Path(spec_path).read_text())
         run = RunSpec.from_dict(spec["run"])
@@ -143,4 +159,4 @@ def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], int(sys.argv[2])))

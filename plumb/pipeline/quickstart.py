@@ -26,6 +26,7 @@ from plumb.core.dataio import import_records, read_jsonl
 from plumb.core.records import Event, EventSink, SamplingParams
 from plumb.pipeline.compare import CompareOptions, Row, compare
 from plumb.pipeline.export import export_adapter
+from plumb.pipeline.pairs import build
 from plumb.pipeline.session import Session, open_session
 from plumb.pipeline.train import TrainOptions, train
 
@@ -98,7 +99,7 @@ def run(opts: Options, sink: EventSink | None = None) -> Summary:
     with open_session(opts.directory, create=True, constitution=CONSTITUTION) as session:
         _import_once(session, PAIRS_SOURCE, "quickstart_pairs.jsonl", "train", opts.pairs)
         _import_once(session, HELDOUT_SOURCE, "quickstart_heldout.jsonl", "eval", opts.prompts)
-        pairs = len(session.store.preference_pairs())
+        pairs = len(build(session.store).pairs)
         lap("data")
 
         config = {"steps": opts.steps, "epochs": opts.epochs, "batch_size": opts.batch_size, "lr": opts.lr,

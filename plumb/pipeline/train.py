@@ -56,13 +56,11 @@ class Trained:
     skipped: bool = False  # an identical finished run was reused
 
 
-def rows_for(store: Store, method: str) -> list[dict[str, Any]]:
-    """Training rows in the method's shape: labels for kto, good answers for sft, pairs otherwise."""
-    if method == "kto":
-        return store.labelled()
-    if method == "sft":
-        return store.sft_examples()
-    return store.preference_pairs()
+def rows_for(store: Store, method: str, by: str = "both") -> list[dict[str, Any]]:
+    """Training rows in the method's shape, by the one rule (pipeline.pairs.training_rows)."""
+    from plumb.pipeline.pairs import training_rows
+
+    return training_rows(store, method, by)
 
 
 def rows_from_file(path: str, method: str) -> list[dict[str, Any]]:
