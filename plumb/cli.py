@@ -54,10 +54,10 @@ def cli(ctx: click.Context, workspace: str | None) -> None:
 def _register() -> None:
     from plumb.commands import constitution, data, models, workspace
     from plumb.commands import critique, export, generate, judge, label, pairs, quickstart
-    from plumb.commands import train
+    from plumb.commands import train, tui, verify
 
     for module in (workspace, constitution, data, models, generate, critique, judge, label, pairs, export,
-                   quickstart, train):
+                   quickstart, train, verify, tui):
         module.register(cli)
 
 

@@ -185,3 +185,30 @@ def import_records(store: Store, records: list[Parsed], source: str, split: str 
 
 def import_file(store: Store, path: str | Path, split: str = "train") -> dict[str, int]:
     return import_records(store, read_jsonl(path), source=str(path), split=split)
+
+
+def read_task(path: str | Path) -> "Task":
+    """One task from a JSON file in the import's task shape (prompt, tests, answer, schema, meta)."""
+    from plumb.core.records import Chat, Task
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise PlumbError(f"{path}: no such task file.", exit_code=2) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlumbError(f"{path}: cannot read: {exc}.", exit_code=2) from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationFailed([f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})"]) from None
+    try:
+        parsed = parse_line(obj)
+    except ValueError as exc:
+        raise ValidationFailed([f"{path}:1: {exc}"]) from None
+    if parsed.shape != "prompt":
+        raise ValidationFailed([f"{path}:1: a task is a prompt with optional tests, answer, schema and meta; "
+                                f"this is a {parsed.shape} record"])
+    task = parsed.task or {}
+    return Task(Chat.from_dicts(parsed.messages), task.get("tests"), task.get("answer"), task.get("schema"),
+                task.get("meta", {}))

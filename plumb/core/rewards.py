@@ -15,7 +15,10 @@ verifier the check names. No model code here.
 
 from __future__ import annotations
 
+import os
 import time
+import queue
+import threading
 from typing import Any
 
 from plumb.core.errors import PlumbError
@@ -35,27 +38,75 @@ def _as_reward(name: str, value: Any, seconds: float) -> Reward | None:
     return Reward(name, float(value), seconds=seconds)
 
 
+def timeout_seconds() -> float:
+    """How long one per-item verifier call may take: $PLUMB_VERIFIER_TIMEOUT, default 60 s."""
+    return float(os.environ.get("PLUMB_VERIFIER_TIMEOUT", 60))
+
+
+def _call(entry: Any, task: Task, completion: Completion) -> Reward | None:
+    start = time.perf_counter()
+    try:
+        value = entry.impl(task, completion)
+    except Exception as exc:  # a verifier must not take the batch down
+        value = Reward(entry.name, 0.0, f"verifier {entry.name} ({entry.plugin}) raised "
+                       f"{type(exc).__name__}: {exc}", status="error")
+    return _as_reward(entry.name, value, time.perf_counter() - start)
+
+
+def _run_guarded(jobs: list[tuple[int, Any]], tasks: list[Task],
+                 completions: list[Completion]) -> list[Reward | None]:
+    """Run per-item verifier calls on daemon threads, one per core. A call's own running time
+    (not its wait in the queue) is limited; a call past the limit is abandoned — its thread
+    is a daemon, so it cannot keep plumb from exiting — and scored as a timeout."""
+    limit = timeout_seconds()
+    pending: queue.Queue = queue.Queue()
+    for k, job in enumerate(jobs):
+        pending.put((k, job))
+    results: list[Reward | None] = [None] * len(jobs)
+    started: dict[int, float] = {}
+    finished = {k: threading.Event() for k in range(len(jobs))}
+    expired: set[int] = set()
+
+    def worker() -> None:
+        while True:
+            try:
+                k, (i, entry) = pending.get_nowait()
+            except queue.Empty:
+                return
+            started[k] = time.monotonic()
+            reward = _call(entry, tasks[i], completions[i])
+            if k not in expired:  # a call already scored as a timeout keeps that score
+                results[k] = reward
+            finished[k].set()
+
+    for _ in range(min(len(jobs), os.cpu_count() or 1)):
+        threading.Thread(target=worker, daemon=True, name="plumb-verifier").start()
+    for k, (_, entry) in enumerate(jobs):
+        while not finished[k].wait(0.05):
+            if k in started and time.monotonic() - started[k] >= limit:
+                expired.add(k)
+                results[k] = Reward(entry.name, 0.0, f"verifier {entry.name} ({entry.plugin}) did not finish in "
+                                    f"{limit:g}s (PLUMB_VERIFIER_TIMEOUT)", status="timeout", seconds=limit)
+                threading.Thread(target=worker, daemon=True, name="plumb-verifier").start()  # replace the stuck one
+                break
+    return results
+
+
 def score(pm: Any, tasks: list[Task], completions: list[Completion]) -> list[list[Reward]]:
-    """Every applicable reward for each (task, completion): one list per completion."""
+    """Every applicable reward for each (task, completion): one list per completion.
+
+    Per-item verifiers run on one thread per core (sandboxed runs are child
+    processes, so they go in parallel); a call that takes longer than
+    ``timeout_seconds()`` scores 0 with status "timeout" and the batch goes on."""
     if len(tasks) != len(completions):
         raise PlumbError(f"scoring needs one task per completion: got {len(tasks)} tasks and "
                          f"{len(completions)} completions.")
     out: list[list[Reward]] = [[] for _ in completions]
-    for entry in pm.registry.verifiers.values():
-        if entry.impl is None:
-            continue
-        for i, (task, completion) in enumerate(zip(tasks, completions)):
-            if task.check is not None and task.check.get("verifier") != entry.name:
-                continue
-            start = time.perf_counter()
-            try:
-                value = entry.impl(task, completion)
-            except Exception as exc:  # a verifier must not take the batch down
-                value = Reward(entry.name, 0.0, f"verifier {entry.name} ({entry.plugin}) raised "
-                               f"{type(exc).__name__}: {exc}", status="error")
-            reward = _as_reward(entry.name, value, time.perf_counter() - start)
-            if reward is not None:
-                out[i].append(reward)
+    jobs = [(i, entry) for entry in pm.registry.verifiers.values() if entry.impl is not None
+            for i, task in enumerate(tasks) if task.check is None or task.check.get("verifier") == entry.name]
+    for (i, _), reward in zip(jobs, _run_guarded(jobs, tasks, completions)):
+        if reward is not None:
+            out[i].append(reward)
     for impl in pm.hook.plumb_reward.get_hookimpls():
         batch = impl.function(tasks=tasks, completions=completions)
         if batch is None:
@@ -107,3 +158,33 @@ def check_completions(pm: Any, constitution: Any, completions: list[Completion])
             row += [(pid, r) for r in rewards[i * len(checks) + k]]
         out.append(row)
     return out
+
+
+# -- weights ---------------------------------------------------------------------------------
+
+
+def parse_weights(items: list[str] | dict[str, float]) -> dict[str, float]:
+    """``["unit-tests=2", "length"]`` (or a dict from a run config) as {verifier: weight}."""
+    if isinstance(items, dict):
+        return {str(k): float(v) for k, v in items.items()}
+    out = {}
+    for item in items:
+        name, sep, weight = item.partition("=")
+        try:
+            out[name.strip()] = float(weight) if sep else 1.0
+        except ValueError:
+            raise PlumbError(f"reward {item!r}: the weight must be a number (NAME or NAME=WEIGHT).",
+                             exit_code=2) from None
+    return out
+
+
+def validate_weights(pm: Any, weights: dict[str, float]) -> None:
+    """Refuse, before any work, a weight naming a verifier no plugin provides."""
+    for name in weights:
+        pm.registry.check_verifier(name)
+
+
+def combine(rewards: list[Reward], weights: dict[str, float]) -> float:
+    """The weighted sum of one completion's rewards over the weighted verifiers (a verifier
+    that did not apply, or failed, adds 0)."""
+    return sum(weights[r.name] * r.value for r in rewards if r.name in weights and r.status == "ok")

@@ -1,11 +1,11 @@
-"""Text verifiers for measurable principles: word and sentence limits, no
-exclamation marks, answer-first, regex, exact answer.
+"""Style verifiers for measurable principles: word and sentence limits, no
+exclamation marks, answer-first, regex.
 
 A constitution names them in ``[[principles.checks]]``;
 ``plumb.core.rewards.check_completions`` runs them. Each is a per-item
-``score`` function handed over at registration: the style checks answer only
-for a task that carries a check (``task.check``), ``exact`` for a task with an
-``answer``; otherwise they return None.
+``score`` function handed over at registration that answers only for a task
+carrying a check (``task.check``) and returns None otherwise. Answers that
+can be checked (exact, numeric, format, JSON schema, length) are in answers.py.
 """
 
 from __future__ import annotations
@@ -86,15 +86,7 @@ def _text_check(name: str, fn: Callable[..., tuple[float, str]]) -> Callable[[Ta
     return score
 
 
-def exact(task: Task, completion: Completion) -> Reward | None:
-    if task.answer is None:
-        return None
-    ok = completion.text.strip() == str(task.answer).strip()
-    return Reward("exact", float(ok), "match" if ok else "no match")
-
-
 @hookimpl
 def plumb_register_verifiers(register):
     for name, (fn, doc) in CHECKS.items():
         register(name, doc, score=_text_check(name, fn))
-    register("exact", "1 if the stripped answer equals the task's expected answer", score=exact)

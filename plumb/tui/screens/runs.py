@@ -1,0 +1,108 @@
+"""Runs: every training run with its status, and the highlighted run's charts, config and error.
+
+The list reloads every few seconds while a run is still running.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.markup import escape
+from textual.widgets import DataTable, Static
+
+from plumb.tui.screens.base import PlumbScreen
+from plumb.tui.widgets.run_charts import RunCharts
+
+STATUS_STYLE = {"done": "green", "failed": "red", "interrupted": "yellow", "running": "cyan"}
+
+
+class RunsScreen(PlumbScreen):
+    NAME = "runs"
+    MIN_WIDTH = 80
+    MIN_HEIGHT = 20
+    BINDINGS = [Binding("ctrl+r", "reload", "Reload")]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown: int | None = None  # the run whose details are shown
+        self.any_running = False
+
+    def compose_body(self) -> ComposeResult:
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield RunCharts(id="run-charts")
+        with VerticalScroll(id="run-detail-box"):
+            yield Static("No runs yet: press 5 to train one.", id="run-detail")
+
+    def on_mount(self) -> None:
+        self.query_one("#runs", DataTable).add_columns("run", "method", "status", "steps", "loss", "started",
+                                                      "finished")
+        self.set_interval(3.0, self._poll)
+
+    def _poll(self) -> None:
+        if self.any_running and self.is_active:
+            self.load()
+
+    def refresh_data(self) -> None:
+        self.load()
+
+    def action_reload(self) -> None:
+        self.load()
+
+    @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
+    def load(self) -> None:
+        try:
+            rows = self.session.store.query(
+                "SELECT r.*, (SELECT max(step) FROM metrics m WHERE m.run_id = r.id) AS steps,"
+                " (SELECT value FROM metrics m WHERE m.run_id = r.id AND key = 'loss' ORDER BY step DESC LIMIT 1)"
+                " AS loss FROM runs r ORDER BY r.id DESC")
+        except Exception as exc:  # a damaged store: say so, keep the app
+            self.app.call_from_thread(self.fail, "could not read the runs", exc)
+            return
+        self.app.call_from_thread(self.show_runs, rows)
+
+    def show_runs(self, rows: list[Any]) -> None:
+        table = self.query_one("#runs", DataTable)
+        table.clear()
+        for r in rows:
+            loss = "" if r["loss"] is None else f"{r['loss']:.4f}"
+            table.add_row(str(r["id"]), Text(r["method"]), Text(r["status"], style=STATUS_STYLE.get(r["status"], "")),
+                          str(r["steps"] or ""), loss, r["created"][:19].replace("T", " "),
+                          (r["finished"] or "")[:19].replace("T", " "), key=str(r["id"]))
+        self.any_running = any(r["status"] == "running" for r in rows)
+        if rows:
+            keep = self.shown if self.shown in {r["id"] for r in rows} else rows[0]["id"]
+            table.move_cursor(row=table.get_row_index(str(keep)))
+            self.show_run(keep)
+
+    @on(DataTable.RowHighlighted, "#runs")
+    def highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key.value is not None:
+            self.show_run(int(event.row_key.value))
+
+    def show_run(self, run_id: int) -> None:
+        store = self.session.store
+        run = store.run(run_id)
+        if run is None:
+            return
+        self.shown = run_id
+        self.query_one(RunCharts).show_run(store, run_id)
+        artifacts = store.query("SELECT kind, path FROM artifacts WHERE run_id = ? ORDER BY id", (run_id,))
+        lines = [f"[b]run {run_id}[/] {escape(run['method'])}: {escape(run['status'])}  "
+                 f"model {escape(run['model'] or '?')}",
+                 f"out: {escape(run['out_dir'] or '-')}"]
+        lines += [f"{escape(a['kind'])}: {escape(a['path'])}" for a in artifacts]
+        if run["final_metrics"]:
+            final = json.loads(run["final_metrics"])
+            lines.append("final: " + "  ".join(f"{escape(k)} {v:.4g}" for k, v in final.items()
+                                               if isinstance(v, (int, float))))
+        if run["error"]:
+            lines.append(f"[red]{escape(run['error'])}[/]")
+        config = json.loads(run["config"] or "{}")
+        lines.append("[dim]config: " + escape(", ".join(f"{k}={v}" for k, v in sorted(config.items()))) + "[/]")
+        self.query_one("#run-detail", Static).update("\n".join(lines))

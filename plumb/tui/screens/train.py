@@ -1,0 +1,186 @@
+"""Train: a LoRA adapter from the workspace's data, with live charts and the run's log.
+
+The method comes from the plugins' registry and its options form from the
+options model it registered. Training runs through ``pipeline.train`` in a
+child process, driven from a thread worker with its own cancel flag: stop sets
+it (the child checkpoints and the run is marked interrupted); training again
+with the same settings resumes that run from its last checkpoint. A child that
+crashes or is killed leaves the UI running; the run is marked failed with its
+last log lines, shown here as a notification.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.markup import escape
+from textual.widgets import Button, Input, Label, RichLog, Select, Static
+
+from plumb.core.errors import PlumbError, ValidationFailed
+from plumb.tui.screens.base import PlumbScreen
+from plumb.tui.widgets.field_row import FieldRow
+from plumb.tui.widgets.form import Form
+from plumb.tui.widgets.run_charts import RunCharts
+from plumb.tui.widgets.options_form import OptionsForm, parse_value
+
+class TrainScreen(PlumbScreen):
+    NAME = "train"
+    MIN_WIDTH = 80
+    MIN_HEIGHT = 20
+    BINDINGS = [Binding("ctrl+r", "start", "Train / resume"), Binding("ctrl+t", "stop", "Stop")]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running: Any = None  # the work session of the run in progress
+        self.run_id: int | None = None
+        self.form_method: str | None = None  # the method the options form shows
+
+    def methods(self) -> dict[str, Any]:
+        """The training methods the plugins register (none, with a notification, when they conflict)."""
+        try:
+            return self.session.pm.registry.methods
+        except PlumbError as exc:  # two plugins registering one name
+            self.fail("no training methods", exc)
+            return {}
+
+    def compose_body(self) -> ComposeResult:
+        methods = self.methods()
+        with Horizontal():
+            with Form(id="train-form"):
+                yield Label("Method")
+                yield Select([(name, name) for name in methods], value="dpo" if "dpo" in methods else Select.NULL,
+                             id="method", compact=True)
+                yield Static(id="method-help", classes="help")
+                yield FieldRow("policy", id="policy", placeholder="model spec, e.g. hf:DIR")
+                yield OptionsForm(id="options")
+                yield Label("Other options (KEY=VALUE ...)")
+                yield Input(id="extra", placeholder="label_smoothing=0.1 warmup_ratio=0", compact=True)
+                with Horizontal(classes="row"):
+                    yield Button("Train", id="start", variant="primary")
+                    yield Button("Stop", id="stop")
+            with Vertical(id="train-main"):
+                yield Static("tab to the method and options (esc leaves them), then ctrl+r.", id="train-status",
+                             classes="status")
+                yield RunCharts(id="charts")
+                yield RichLog(id="train-log", wrap=True, markup=True)
+
+    async def on_mount(self) -> None:
+        self.query_one("#policy", Input).value = self.session.ws.model("train")
+        await self.method_changed()
+
+    @on(Select.Changed, "#method")
+    async def method_changed(self) -> None:
+        method = self.query_one("#method", Select).value
+        entry = self.methods().get(method) if method is not Select.NULL else None
+        self.query_one("#method-help", Static).update(escape(entry.description) if entry else "")
+        await self.query_one("#options", OptionsForm).set_model(entry.impl if entry else None)
+        self.form_method = entry.name if entry else None
+
+    def options(self) -> Any:
+        """The TrainOptions the form describes (ValueError when the method is missing)."""
+        from plumb.pipeline.train import TrainOptions
+
+        method = self.query_one("#method", Select).value
+        if method is Select.NULL:
+            raise ValueError("choose a training method")
+        if method != self.form_method:
+            raise ValueError(f"the options of {method} are still being shown; try again")
+        config = self.query_one("#options", OptionsForm).values()
+        for item in self.query_one("#extra", Input).value.split():
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"other options: {item!r} is not KEY=VALUE")
+            config[key] = parse_value(value)
+        policy = self.query_one("#policy", Input).value.strip() or None
+        return TrainOptions(str(method), policy=policy, config=config, isolate=True)
+
+    @on(Button.Pressed, "#start")
+    def action_start(self) -> None:
+        from plumb.pipeline.train import validate
+
+        if self.running is not None:
+            self.notify("A run is in progress; ctrl+t stops it.")
+            return
+        try:
+            opts = self.options()
+            validate(self.session, opts)  # bad options fail here, before a model loads
+        except ValidationFailed as exc:
+            self.fail("check the options", "\n".join(exc.problems))
+            return
+        except (ValueError, PlumbError) as exc:
+            self.fail("cannot train", exc)
+            return
+        self.query_one(RunCharts).show_run(self.session.store, None)
+        self.query_one("#train-log", RichLog).clear()
+        self.status(f"Starting {opts.method}: the training process loads torch and the model...")
+        self.run_id = None
+        self.running = self.app.work_session()
+        self.run_train(self.running, opts)
+
+    @on(Button.Pressed, "#stop")
+    def action_stop(self) -> None:
+        if self.running is None:
+            self.notify("No run is in progress.")
+            return
+        self.running.cancel.set()
+        self.status("Stopping: the run keeps its last checkpoint; ctrl+r resumes it.")
+
+    @work(thread=True, exclusive=True, group="train", exit_on_error=False)
+    def run_train(self, session: Any, opts: Any) -> None:
+        from plumb.pipeline.runs import Interrupted
+        from plumb.pipeline.train import train
+
+        try:
+            done = train(session, opts, self.sink())
+        except (Interrupted, PlumbError) as exc:  # stopped, or failed: the run row says which
+            self.app.call_from_thread(self.finished, None, str(exc), isinstance(exc, PlumbError))
+        except Exception as exc:  # a bug in a plugin: report it, keep the app
+            self.app.call_from_thread(self.finished, None, f"unexpected {type(exc).__name__}: {exc}", True)
+        else:
+            self.app.call_from_thread(self.finished, done, "", False)
+
+    @on(PlumbScreen.PipelineEvent)
+    def progressed(self, message: PlumbScreen.PipelineEvent) -> None:
+        event = message.event
+        log = self.query_one("#train-log", RichLog)
+        if event.run_id is not None:
+            self.run_id = event.run_id
+        if event.kind == "metric" and event.step is not None:
+            self.query_one(RunCharts).add(event.step, event.values)
+            of = f"/{event.total}" if event.total else ""
+            self.status(f"run {self.run_id}: step {event.step}{of}")
+        elif event.kind == "stage":
+            self.status(escape(event.message))
+            log.write(f"[b]{escape(event.stage or '')}[/] {escape(event.message)}")
+        elif event.kind == "error":
+            log.write(f"[red]{escape(event.message)}[/]")
+        elif event.message:
+            log.write(escape(event.message))
+
+    def finished(self, done: Any, error: str, failed: bool) -> None:
+        self.running = None
+        log = self.query_one("#train-log", RichLog)
+        if done is not None:
+            reused = " (an identical run had finished: its adapter is reused)" if done.skipped else ""
+            self.status(f"[green]run {done.run_id} done[/]{reused}: {escape(done.adapter_dir)}")
+            for kind, path in done.artifacts:
+                log.write(f"{escape(kind)}: {escape(path)}")
+            self.notify(f"Training finished: run {done.run_id}. Runs (7) has its charts.", markup=False)
+        elif failed and self.run_id is None:  # refused before a run started: a missing model, no data
+            self.status(f"[red]Not started[/]: {escape(error)}")
+            self.fail("training did not start", error)
+            return
+        elif failed:
+            self.status(f"[red]run {self.run_id} failed[/]; ctrl+r runs it again (it resumes from its last "
+                        "checkpoint, if one was written).")
+            log.write(f"[red]{escape(error)}[/]")
+            self.fail("training failed", error)
+        else:
+            self.status(f"run {self.run_id} stopped: {escape(error)}. ctrl+r resumes it.")
+
+    def status(self, text: str) -> None:
+        self.query_one("#train-status", Static).update(text)
