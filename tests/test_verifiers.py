@@ -122,3 +122,56 @@ def test_plumb_verify_command(tmp_path, runner):
     bad.write_text('{"prompt": "x",\n "answer": 4,}')
     res = runner.invoke(cli, ["verify", "--task", str(bad), "--completion", str(done)])
     assert res.exit_code == 2 and f"{bad}:2: invalid JSON" in res.stderr
+
+
+TESTS = "from solution import add\n\ndef test_small():\n    assert add(2, 3) == 5\n\ndef test_negative():\n    assert add(-1, 1) == 0\n"
+
+
+def test_unit_tests_verifier_scores_the_fraction_passed_in_the_sandbox(pm):
+    task = Task(Chat(()), tests=TESTS)
+    cases = {
+        "```python\ndef add(a, b):\n    return a + b\n```": (1.0, "ok"),
+        "def add(a, b):\n    return abs(a) + b": (0.5, "ok"),
+        "no code here at all, just words": (0.0, "ok"),
+    }
+    rows = score(pm, [task] * len(cases), [Completion(t, "m", "b") for t in cases])
+    got = [next((r.value, r.status) for r in row if r.name == "unit-tests") for row in rows]
+    assert got == list(cases.values())
+    broken = score(pm, [Task(Chat(()), tests="def test_x(:\n")], [Completion("def add(a, b): pass", "m", "b")])[0]
+    unit = next(r for r in broken if r.name == "unit-tests")
+    assert unit.status == "error" and unit.detail.startswith("task error")
+    slow = Task(Chat(()), tests=TESTS, meta={"wall_seconds": 1, "cpu_seconds": 1})
+    loop = score(pm, [slow], [Completion("def add(a, b):\n    while True: pass", "m", "b")])[0]
+    assert [(r.value, r.status) for r in loop if r.name == "unit-tests"] in ([(0.0, "timeout")], [(0.0, "ok")])
+
+
+def test_the_example_verifier_plugin_works_everywhere(workspace, runner, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    shutil.copy(Path(__file__).resolve().parents[1] / "examples" / "typed_code.py", workspace.root)
+    cfg = (workspace.root / "plumb.toml").read_text().replace("plugins = []", 'plugins = ["./typed_code.py"]')
+    (workspace.root / "plumb.toml").write_text(cfg)
+    listing = json.loads(runner.invoke(cli, ["plugins", "--json"]).stdout)
+    assert any(v["name"] == "typed-code" and v["plugin"] == "typed_code" for v in listing["verifiers"])
+    task = tmp_path / "task.json"
+    task.write_text(json.dumps({"prompt": "Write add.", "tests": TESTS}))
+    done = tmp_path / "c.txt"
+    done.write_text("```python\ndef add(a: int, b: int) -> int:\n    return a + b\n\ndef helper(x):\n    return x\n```")
+    res = runner.invoke(cli, ["verify", "--task", str(task), "--completion", str(done), "--json"])
+    assert res.exit_code == 0, res.output
+    by = {r["verifier"]: r for r in json.loads(res.stdout)}
+    assert by["typed-code"]["value"] == 0.5 and "missing: helper" in by["typed-code"]["detail"]
+    assert by["unit-tests"]["value"] == 1.0
+    # and as a constitution check
+    mine = workspace.root / "typed.toml"
+    mine.write_text('name = "typed"\nversion = "1"\ndescription = "d"\n[[principles]]\nid = "types"\n'
+                    'text = "Annotate every function."\n[[principles.checks]]\nverifier = "typed-code"\n')
+    from plumb.core.records import Completion as C
+    from plumb.core.rewards import check_completions
+    from plumb.pipeline.session import open_session
+
+    with open_session(workspace.root) as session:
+        const = session.constitution(str(mine))
+        results = check_completions(session.pm, const, [C(done.read_text(), "m", "b")])
+    assert [(pid, r.name, r.value) for pid, r in results[0]] == [("types", "typed-code", 0.5)]

@@ -30,6 +30,7 @@ from plumb.core.errors import PlumbError
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "plumb.plugins.verifiers",
     "plumb.plugins.answers",
+    "plumb.plugins.unit_tests",
     "plumb.plugins.llamacpp",
     "plumb.plugins.openai_http",
     "plumb.plugins.hf_generate",

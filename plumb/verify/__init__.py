@@ -1,0 +1,1 @@
+"""Verifiers: score a completion by running or checking it (untrusted code runs in plumb.sandbox)."""

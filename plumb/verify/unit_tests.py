@@ -1,0 +1,297 @@
+"""Score a completion's code against a task's Python tests, run in the sandbox.
+
+A task's tests are either pytest-style module-level functions ``test_*`` that
+import from ``solution`` (no fixtures, parametrize or test classes; ``pytest``
+itself may be imported, e.g. for ``pytest.raises``), or a script of asserts,
+which counts as one test that passes if the script runs to its end (the
+solution's names are already defined in it); they can import what plumb's
+own Python can. ``run_tests`` takes the completion's code (``extract_code``:
+the first fenced Python block, else the whole text if it parses as Python),
+writes it as ``solution.py`` beside the tests in a fresh sandbox
+(``plumb.sandbox``) and runs the tests there, one after the other.
+
+The outcome's status says what happened: ``ok`` (the tests ran; reward =
+passed / total, or 1/0 with ``all_or_nothing``), ``timeout``, ``error`` (the
+completion is at fault: no code, too large, it does not import, it crashed or
+exited before the tests finished, broke a sandbox limit or left processes
+running) and ``task-error`` (the tests themselves do not compile, need
+fixtures, or fail at import for a reason other than the solution: the task's
+fault, to report apart from the model's scores). Every status but ``ok``
+scores 0 and says why in ``reason``; failure output is kept in ``detail``,
+truncated. When the sandbox cannot be set up, ``run_tests`` raises
+``SandboxUnavailable`` rather than run the code unprotected.
+
+What the code under test cannot fake
+------------------------------------
+Passes come only from records that a small runner writes to its own copy of
+stdout, each with a keyed BLAKE2 MAC. The key is random per run and reaches the
+runner on stdin, together with the tests already compiled by plumb; the runner
+reads both and puts /dev/null in stdin's place before it imports the solution,
+and everything the solution prints goes to stderr. So printing pytest's
+"5 passed", printing records, exiting (with 0 or anything) before or during
+the tests, killing the runner or crashing it score 0; editing the test file on
+disk changes nothing (it is there only for tracebacks). ``assert a == b`` in the
+tests is rewritten to a check that also fails when either side claims to equal
+a fresh object, the "``__eq__`` always returns True" hack.
+
+The limit: the solution runs in the runner's interpreter, as the tests must
+call it. Code written against this runner could find the key or patch the
+runner and the tests in memory (frames, ``gc``, ``ctypes``), or return values
+whose ``__eq__`` is subtler, and forge a pass. The sandbox still contains such
+code, but its score is not to be trusted: this verifier stops generic reward
+hacks, it is no proof against an adversary aiming at it. That would need the
+checks in another process, calling the solution with plain data only.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import hmac
+import marshal
+import os
+import re
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from plumb import sandbox
+
+MAX_COMPLETION_CHARS = 1_000_000
+DETAIL_CHARS = 4000
+_TESTS_FILE = sandbox.WORKDIR + "/test_task.py"
+_RECORD = "plumb-test-record"
+_SCRIPT = "<script>"  # the one test of a script of asserts
+_SHAPES = {"done": (), "solution-error": (str,), "task-error": (str,), "test": (str, bool, str)}  # the runner's records
+_FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:^[ \t]*```|\Z)", re.S | re.M)
+
+
+@dataclass
+class TestOutcome:
+    __test__ = False  # not a pytest test class
+
+    status: Literal["ok", "timeout", "error", "task-error"]
+    passed: int
+    total: int
+    reward: float
+    reason: str  # one line; empty when every test passed
+    detail: str  # failure output, truncated to DETAIL_CHARS
+    seconds: float
+
+
+def extract_code(text: str) -> str | None:
+    """The first ```python (or ```py, or bare ```) fenced block, else the whole text if it parses as Python."""
+    for match in _FENCE.finditer(text):
+        if match.group(1).lower() in ("", "python", "py", "python3"):
+            return match.group(2)
+    try:
+        ast.parse(text)
+    except (SyntaxError, ValueError):  # ValueError: NUL bytes
+        return None
+    return text if text.strip() else None
+
+
+def run_tests(
+    completion: str, tests: str, limits: sandbox.Limits = sandbox.Limits(), all_or_nothing: bool = False
+) -> TestOutcome:
+    """Run ``tests`` against the completion's code in the sandbox; see the module docstring."""
+    start = time.monotonic()
+
+    def outcome(status, reason, passed=0, total=1, detail=""):
+        reward = (float(passed == total) if all_or_nothing else passed / total) if status == "ok" else 0.0
+        return TestOutcome(status, passed, total, reward, reason, _truncate(detail), time.monotonic() - start)
+
+    prepared = _prepare(tests)
+    if isinstance(prepared, str):
+        return outcome("task-error", prepared)
+    names, code = prepared
+    total = len(names) or 1
+    if len(completion) > MAX_COMPLETION_CHARS:
+        too_large = f"the completion is too large ({len(completion)} characters, at most {MAX_COMPLETION_CHARS})"
+        return outcome("error", too_large, total=total)
+    solution = extract_code(completion)
+    if solution is None:
+        return outcome("error", "no Python code in the completion", total=total)
+    key = secrets.token_bytes(32)
+    files = {"solution.py": solution, _TESTS_FILE.rsplit("/", 1)[1]: tests}
+    importable = os.pathsep.join(filter(None, sys.path))  # plumb's own import path; -S skips .pth files: faster
+    argv = [sys.executable, "-I", "-S", "-c", _RUNNER, importable, *names]
+    result = sandbox.run(argv, files, limits, stdin=key + code)
+    records = _records(result.stdout, key)
+    verdicts: dict[str, list[bool]] = {}
+    failures = []
+    for record in records:
+        if record[0] == "test":
+            verdicts.setdefault(record[1], []).append(record[2])
+            failures += [f"{record[1]} failed:\n{record[3]}"] if not record[2] else []
+    passed = sum(all(verdicts.get(name, [False])) for name in names or [_SCRIPT])
+    errors = {record[0]: record[1] for record in records if record[0] in ("task-error", "solution-error")}
+    output = [f"output:\n{result.stderr}"] if result.stderr.strip() else []
+    detail = "\n".join(failures + list(errors.values()) + output)
+    if "task-error" in errors:
+        return outcome("task-error", f"the tests fail at import: {_last_line(errors['task-error'])}", 0, total, detail)
+    if "solution-error" in errors:
+        why = _last_line(errors["solution-error"])
+        return outcome("error", f"the solution does not import: {why}", 0, total, detail)
+    if result.status != "ok":
+        return outcome("timeout" if result.status == "timeout" else "error", result.reason, passed, total, detail)
+    if ("done",) not in records:
+        ended = f"the run ended (exit code {result.returncode}) before the tests finished"
+        return outcome("error", ended, passed, total, detail)
+    if result.leftover:
+        left = f"the code left {result.leftover} process(es) running after it ended (killed)"
+        return outcome("error", left, passed, total, detail)
+    return outcome("ok", "" if passed == total else f"{total - passed} of {total} tests failed", passed, total, detail)
+
+
+def _prepare(tests: str) -> tuple[list[str], bytes] | str:
+    """The test functions' names and the compiled tests (marshal), or why the tests are broken."""
+    try:
+        tree = ast.parse(tests, _TESTS_FILE)
+        names: list[str] = []
+        for node in tree.body:
+            if isinstance(node, ast.AsyncFunctionDef) and node.name.startswith("test"):
+                return f"{node.name} is async (not supported)"
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test") and node.name not in names:
+                args = node.args
+                if len(args.posonlyargs) + len(args.args) > len(args.defaults) or None in args.kw_defaults:
+                    return f"{node.name} takes arguments (pytest fixtures and parametrize are not supported)"
+                names.append(node.name)
+        if not tree.body:
+            return "the tests are empty"
+        code = compile(ast.fix_missing_locations(_EqualityChecks().visit(tree)), _TESTS_FILE, "exec")
+    except (SyntaxError, ValueError) as exc:
+        return f"the tests do not compile: {exc}"
+    return names, marshal.dumps(code)
+
+
+class _EqualityChecks(ast.NodeTransformer):
+    """``assert a == b`` becomes ``assert __plumb_equal__(a, b)`` (the runner's check)."""
+
+    def visit_Assert(self, node: ast.Assert) -> ast.Assert:
+        test = node.test
+        if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq):
+            call = ast.Call(ast.Name("__plumb_equal__", ast.Load()), [test.left, test.comparators[0]], [])
+            node.test = ast.copy_location(call, test)
+        return node
+
+
+def _records(stdout: str, key: bytes) -> list[tuple]:
+    """The runner's well-formed records whose MAC checks out; every other line is ignored."""
+    records = []
+    for line in stdout.split("\n"):
+        mark, _, rest = line.partition(" ")
+        mac, _, body = rest.partition(" ")
+        if mark != _RECORD:
+            continue
+        expected = hashlib.blake2b(body.encode(), key=key, digest_size=16).hexdigest().encode()
+        if hmac.compare_digest(mac.encode(), expected):
+            try:
+                record = ast.literal_eval(body)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                continue
+            well_typed = isinstance(record, tuple) and record and isinstance(record[0], str)
+            shape = _SHAPES.get(record[0]) if well_typed else None
+            if shape is not None and len(record) == 1 + len(shape) and all(map(isinstance, record[1:], shape)):
+                records.append(record)
+    return records
+
+
+def _last_line(text: str) -> str:
+    return next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= DETAIL_CHARS else text[:DETAIL_CHARS] + "\n... (truncated)"
+
+
+# The runner, run as ``python -I -S -c _RUNNER IMPORT_PATH NAME...`` in the sandbox (stdlib only).
+_RUNNER = r'''
+import marshal, os, sys, types
+from _blake2 import blake2b  # hashlib's, without loading OpenSSL: faster
+
+given = sys.stdin.buffer.read()
+key, code = given[:32], marshal.loads(given[32:])
+del given
+null = os.open(os.devnull, os.O_RDONLY)
+os.dup2(null, 0)
+records = os.dup(1)
+os.dup2(2, 1)  # what the solution prints goes to stderr
+
+
+def report(*fields):
+    body = repr(fields)
+    mac = blake2b(body.encode(), key=key, digest_size=16).hexdigest()
+    os.write(records, f"plumb-test-record {mac} {body}\n".encode())
+
+
+def failure(exc):
+    import traceback
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next))[-2000:]
+
+
+def finish():
+    report("done",)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(0)
+
+
+class Fresh:
+    pass
+
+
+def claims_anything(value):
+    try:
+        return bool(value == Fresh())
+    except Exception:
+        return False
+
+
+def equal(a, b):
+    if not a == b:
+        raise AssertionError(f"{a!r:.200} != {b!r:.200}")
+    if claims_anything(a) or claims_anything(b):
+        raise AssertionError("a value claims to equal anything")
+    return True
+
+
+sys.path[:0] = ["/tmp"]
+sys.path += sys.argv[1].split(os.pathsep)
+names = sys.argv[2:]
+try:
+    import solution
+except BaseException as exc:
+    report("solution-error", failure(exc))
+    finish()
+module = types.ModuleType("test_task")
+module.__dict__.update({k: v for k, v in vars(solution).items() if not k.startswith("__")})
+module.__file__ = "/tmp/test_task.py"
+module.__plumb_equal__ = equal
+sys.modules["test_task"] = module
+try:
+    exec(code, module.__dict__)
+except BaseException as exc:
+    if not names:
+        report("test", "<script>", False, failure(exc))
+    elif isinstance(exc, ImportError) and exc.name == "solution":
+        report("solution-error", failure(exc))
+    else:
+        report("task-error", failure(exc))
+    finish()
+if not names:
+    report("test", "<script>", True, "")
+for name in names:
+    try:
+        module.__dict__[name]()
+    except BaseException as exc:
+        report("test", name, False, failure(exc))
+    else:
+        report("test", name, True, "")
+finish()
+'''
