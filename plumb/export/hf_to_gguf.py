@@ -1,20 +1,22 @@
-"""A Llama-family Hugging Face checkpoint -> GGUF, as llama.cpp's converter does it.
+"""A Hugging Face checkpoint -> GGUF, as llama.cpp's converter does it.
 
 What goes into the file, in the order llama.cpp reads it back:
 
-1. hyperparameters under ``llama.*`` (context length, widths, heads, rope base,
-   RMS-norm epsilon);
-2. the tokenizer: a byte-level BPE ("gpt2") vocabulary with token types,
-   merges, the pre-tokenizer name llama.cpp uses to split text
-   (``tokenizer.ggml.pre``), special token ids, whether to prepend BOS, and the
-   chat template — so llama.cpp formats chats exactly as transformers does;
-3. the weights under GGUF tensor names (``gguf.get_tensor_name_map``), with
-   the Q and K projections permuted (see ``permute``) because llama.cpp's rope
-   pairs dimensions (i, i+1) while Hugging Face's pairs (i, i + d/2).
+1. hyperparameters under ``ARCH.*`` (context length, widths, heads, rope base
+   and scaling, RMS-norm epsilon) and the architecture's own (``arch.py``);
+2. the tokenizer (``vocab.py``): vocabulary, token types (and scores for
+   SentencePiece), merges, the pre-tokenizer name, special token ids, whether
+   to prepend BOS, and the chat template — so llama.cpp formats chats exactly
+   as transformers does;
+3. the weights under GGUF tensor names (``gguf.get_tensor_name_map`` for the
+   architecture), with Q and K permuted where llama.cpp's rope needs it (see
+   ``permute``), Gemma's norms stored as 1 + w, and the tensors llama.cpp
+   computes from the config (Llama 3's ``rope_freqs``).
 
-Reference: ggml-org/llama.cpp convert_hf_to_gguf.py (``LlamaModel``,
-``get_vocab_base``, ``_set_vocab_gpt2``). Only what plumb's models need is
-here; anything else is refused with a message saying what is supported.
+Every file records ``plumb.source``, the identity of the weights it was made
+from (``identity.py``), so a LoRA trained on those weights is recognised as
+belonging to it. Architectures are in ``arch.ARCHS``; anything else is refused
+with a message listing what is supported.
 """
 
 from __future__ import annotations
@@ -26,13 +28,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from plumb.core.errors import PlumbError
+from plumb.export.arch import SUPPORTED_ARCHITECTURES, Arch, arch_for, write_hparams
+from plumb.export.vocab import pre_tokenizer_name, write_tokenizer
 
-# HF architecture -> GGUF architecture name. Mistral-style models without
-# sliding-window attention are Llama for llama.cpp, but are not tested here.
-SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama"}
-
-
-# -- hyperparameters -------------------------------------------------------------
+__all__ = ["SUPPORTED_ARCHITECTURES", "export_gguf", "export_f16", "read_config", "permute", "permute_qk",
+           "atomic_writer", "gguf_name", "pre_tokenizer_name", "write_tokenizer"]
 
 
 def read_config(model_dir: str | Path) -> dict[str, Any]:
@@ -41,22 +41,8 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise PlumbError(f"{model_dir} is not a Hugging Face model directory (no config.json).", exit_code=2)
     config = json.loads(path.read_text(encoding="utf-8"))
-    arch = (config.get("architectures") or ["?"])[0]
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise PlumbError(
-            f"cannot export {model_dir} to GGUF: architecture {arch!r} is not supported. "
-            f"Supported: {', '.join(SUPPORTED_ARCHITECTURES)}.", exit_code=2)
-    scaling = config.get("rope_scaling") or {}
-    rope_type = scaling.get("rope_type") or (config.get("rope_parameters") or {}).get("rope_type", "default")
-    if rope_type not in (None, "default"):
-        raise PlumbError(f"cannot export {model_dir}: rope scaling {rope_type!r} is not supported yet "
-                         "(only plain rope, as in SmolLM2 and Llama 2).", exit_code=2)
+    arch_for(config, str(model_dir))
     return config
-
-
-def rope_theta(config: dict[str, Any]) -> float:
-    # transformers 5 moved rope_theta into rope_parameters
-    return float((config.get("rope_parameters") or {}).get("rope_theta") or config.get("rope_theta", 10000.0))
 
 
 def permute(w, n_head: int, n_head_kv: int | None = None):
@@ -72,8 +58,11 @@ def permute(w, n_head: int, n_head_kv: int | None = None):
             .reshape(w.shape))
 
 
-def permute_qk(name: str, data, n_head: int, n_head_kv: int):
-    """llama.cpp's rotary layout for q_proj / k_proj weights (and a LoRA's B); others unchanged."""
+def permute_qk(name: str, data, n_head: int, n_head_kv: int, arch: Arch | None = None):
+    """llama.cpp's rotary layout for q_proj / k_proj weights (and a LoRA's B) of an architecture that
+    needs it (Llama, Mistral; not Qwen or Gemma); other tensors unchanged."""
+    if arch is not None and not arch.permute_qk:
+        return data
     if name.endswith("q_proj.weight"):
         return permute(data, n_head, n_head)
     if name.endswith("k_proj.weight"):
@@ -88,7 +77,7 @@ def atomic_writer(out: Path, config: dict[str, Any]):
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
-    writer = gguf.GGUFWriter(tmp, SUPPORTED_ARCHITECTURES[config["architectures"][0]])
+    writer = gguf.GGUFWriter(tmp, arch_for(config, str(out)).name)
     try:
         yield writer
         writer.write_header_to_file()
@@ -102,102 +91,16 @@ def atomic_writer(out: Path, config: dict[str, Any]):
     os.replace(tmp, out)
 
 
-def gguf_name(hf_name: str, n_layers: int) -> str:
+def gguf_name(hf_name: str, n_layers: int, arch: Arch | None = None) -> str:
     """HF tensor name -> GGUF tensor name (``model.layers.0.self_attn.q_proj.weight`` -> ``blk.0.attn_q.weight``)."""
     import gguf
 
-    name = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers).get_name(hf_name, try_suffixes=(".weight", ".bias"))
-    if name is None:
-        raise PlumbError(f"cannot export: tensor {hf_name!r} has no GGUF name for llama.", exit_code=2)
-    return name
-
-
-def write_hparams(writer, config: dict[str, Any], name: str) -> None:
-    n_head = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
-    writer.add_name(name)
-    writer.add_context_length(config.get("max_position_embeddings", 2048))
-    writer.add_embedding_length(config["hidden_size"])
-    writer.add_block_count(config["num_hidden_layers"])
-    writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(config.get("num_key_value_heads", n_head))
-    writer.add_rope_dimension_count(head_dim)
-    if head_dim != config["hidden_size"] // n_head:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-    writer.add_rope_freq_base(rope_theta(config))
-    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-5))
-    writer.add_vocab_size(config["vocab_size"])
-
-
-# -- tokenizer -------------------------------------------------------------------
-
-
-def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
-    """The llama.cpp pre-tokenizer that splits text like this tokenizer.json does.
-
-    llama.cpp's converter identifies it by hashing the tokenization of a test
-    string; we read the pre-tokenizer's structure instead, for the layouts we
-    support: SmolLM2's (single digits, then GPT-2 byte-level) and plain GPT-2.
-    """
-    pre = tokenizer_json.get("pre_tokenizer") or {}
-    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    kinds = [p.get("type") for p in parts]
-    if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits") and parts[1].get("use_regex", True) \
-            and not parts[1].get("add_prefix_space"):
-        return "smollm"
-    if kinds == ["ByteLevel"] and parts[0].get("use_regex", True) and not parts[0].get("add_prefix_space"):
-        return "gpt-2"
-    raise PlumbError(
-        f"cannot export the tokenizer: its pre-tokenizer {kinds} is not one plumb maps to llama.cpp. "
-        "Supported: SmolLM2-style [Digits(individual), ByteLevel] ('smollm') and GPT-2 [ByteLevel] ('gpt-2').",
-        exit_code=2)
-
-
-def write_tokenizer(writer, model_dir: Path, vocab_size: int) -> None:
-    """Vocabulary, merges, special ids, BOS behaviour and chat template (like ``_set_vocab_gpt2``)."""
-    import gguf
-    from transformers import AutoTokenizer
-
-    tok_path = model_dir / "tokenizer.json"
-    if not tok_path.is_file():
-        raise PlumbError(f"cannot export {model_dir}: no tokenizer.json (only fast BPE tokenizers are supported).",
-                         exit_code=2)
-    tok_json = json.loads(tok_path.read_text(encoding="utf-8"))
-    if (tok_json.get("model") or {}).get("type") != "BPE":
-        raise PlumbError(f"cannot export {model_dir}: tokenizer model {tok_json.get('model', {}).get('type')!r} "
-                         "is not supported (byte-level BPE only).", exit_code=2)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    reverse = {i: t for t, i in tokenizer.get_vocab().items()}
-    added = tokenizer.added_tokens_decoder
-    tokens, types = [], []
-    for i in range(vocab_size):
-        if i not in reverse:
-            tokens.append(f"[PAD{i}]")
-            types.append(gguf.TokenType.UNUSED)
-        elif i in added:
-            tokens.append(reverse[i])
-            types.append(gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
-        else:
-            tokens.append(reverse[i])
-            types.append(gguf.TokenType.NORMAL)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre_tokenizer_name(tok_json))
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-
-    special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=vocab_size)
-    # Whether BOS/EOS are added is what the tokenizer does, not what a config says.
-    probe = tokenizer("a")["input_ids"]
-    special.add_special_token["bos"] = tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id]
-    special.add_special_token["eos"] = tokenizer.eos_token_id is not None and probe[-1:] == [tokenizer.eos_token_id]
-    if tokenizer.chat_template:
-        special.chat_template = tokenizer.chat_template
-    special.add_to_gguf(writer, quiet=True)
-
-
-# -- weights ---------------------------------------------------------------------
+    name = arch.name if arch else "llama"
+    model_arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == name)
+    mapped = gguf.get_tensor_name_map(model_arch, n_layers).get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    if mapped is None:
+        raise PlumbError(f"cannot export: tensor {hf_name!r} has no GGUF name for {name}.", exit_code=2)
+    return mapped
 
 
 def hf_tensors(model_dir: Path) -> Iterator[tuple[str, Any]]:
@@ -214,27 +117,39 @@ def hf_tensors(model_dir: Path) -> Iterator[tuple[str, Any]]:
                 yield name, st.get_tensor(name).float().numpy()
 
 
+def skip_tensor(name: str, config: dict[str, Any]) -> bool:
+    """Tensors that do not go into the GGUF: rope caches, and lm_head when tied to the embeddings
+    (llama.cpp reuses token_embd when output.weight is absent)."""
+    return name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight" and bool(config.get("tie_word_embeddings")))
+
+
 def export_f16(model_dir: str | Path, out_path: str | Path, outtype: str = "f16") -> Path:
     """Write ``model_dir`` as a GGUF with 2-D weights in f16 (or f32) and norms in f32."""
     import gguf
     import numpy as np
 
+    from plumb.export.identity import SOURCE_KEY, hf_identity
+
     model_dir, out = Path(model_dir), Path(out_path)
     config = read_config(model_dir)
+    arch = arch_for(config, str(model_dir))
     n_layers, n_head = config["num_hidden_layers"], config["num_attention_heads"]
-    n_head_kv = config.get("num_key_value_heads", n_head)
+    n_head_kv = config.get("num_key_value_heads") or n_head
     with atomic_writer(out, config) as writer:
-        write_hparams(writer, config, name=model_dir.name)
+        write_hparams(writer, config, arch, name=model_dir.name)
         writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if outtype == "f16" else gguf.LlamaFileType.ALL_F32)
+        writer.add_string(SOURCE_KEY, hf_identity(model_dir))
         write_tokenizer(writer, model_dir, config["vocab_size"])
         for name, data in hf_tensors(model_dir):
-            if name.endswith("rotary_emb.inv_freq"):
+            if skip_tensor(name, config):
                 continue
-            if name == "lm_head.weight" and config.get("tie_word_embeddings"):
-                continue  # llama.cpp reuses token_embd when output.weight is absent
-            data = permute_qk(name, data, n_head, n_head_kv)
+            data = permute_qk(name, data, n_head, n_head_kv, arch)
+            if arch.norm_shift and name.endswith("norm.weight"):
+                data = data + arch.norm_shift
             dtype = np.float16 if outtype == "f16" and data.ndim == 2 else np.float32
-            writer.add_tensor(gguf_name(name, n_layers), np.ascontiguousarray(data.astype(dtype)))
+            writer.add_tensor(gguf_name(name, n_layers, arch), np.ascontiguousarray(data.astype(dtype)))
+        for name, data in (arch.extra_tensors(config) if arch.extra_tensors else []):
+            writer.add_tensor(name, data)
     return out
 
 

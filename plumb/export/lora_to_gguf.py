@@ -5,9 +5,16 @@ with ``r`` read from each tensor's shape and ``alpha`` from
 ``adapter.lora.alpha`` — the same as peft's ``lora_alpha / r`` scaling. The
 file holds, per adapted weight ``blk.N.attn_q.weight``, two tensors
 ``blk.N.attn_q.weight.lora_a`` (r x in) and ``.lora_b`` (out x r), stored
-as peft stores them. Because the base Q/K weights are row-permuted on export
-(see ``hf_to_gguf.permute``), ``lora_b`` of Q and K gets the same row
-permutation, so ``B A`` stays aligned with the permuted base.
+as peft stores them. Where the base Q/K weights are row-permuted on export
+(Llama, Mistral: see ``hf_to_gguf.permute``), ``lora_b`` of Q and K gets the
+same row permutation, so ``B A`` stays aligned with the permuted base. The
+tensor names and the permutation come from the architecture's entry in
+``arch.ARCHS``, the same as for the base model.
+
+The adapter records the identity of the weights it was trained on
+(``plumb.lora.base``, see ``identity.py``): for an HF copy of a person's GGUF
+that is the GGUF's sha256, so ``identity.check_lora_base`` can refuse the
+adapter on any other base.
 
 Reference: ggml-org/llama.cpp convert_lora_to_gguf.py.
 """
@@ -19,6 +26,7 @@ import math
 from pathlib import Path
 
 from plumb.core.errors import PlumbError
+from plumb.export.arch import arch_for
 from plumb.export.hf_to_gguf import atomic_writer, gguf_name, permute_qk, read_config
 
 
@@ -83,11 +91,15 @@ def export_lora(adapter_dir: str | Path, out_path: str | Path, base_dir: str | P
     import gguf
     import numpy as np
 
+    from plumb.export.identity import BASE_KEY, hf_identity
+
     adapter_dir, out = Path(adapter_dir), Path(out_path)
     cfg = adapter_config(adapter_dir)
-    config = read_config(resolve_base(cfg, adapter_dir, base_dir))
+    base = resolve_base(cfg, adapter_dir, base_dir)
+    config = read_config(base)
+    arch = arch_for(config, str(base))
     n_layers, n_head = config["num_hidden_layers"], config["num_attention_heads"]
-    n_head_kv = config.get("num_key_value_heads", n_head)
+    n_head_kv = config.get("num_key_value_heads") or n_head
     alpha = float(cfg["lora_alpha"])
     if cfg.get("use_rslora"):  # peft scales by alpha / sqrt(r); llama.cpp by alpha / r
         alpha *= math.sqrt(cfg["r"])
@@ -98,13 +110,14 @@ def export_lora(adapter_dir: str | Path, out_path: str | Path, base_dir: str | P
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+        writer.add_string(BASE_KEY, hf_identity(base))
         for name, pair in sorted(lora_pairs(adapter_dir).items()):
             if name == "lm_head.weight" and config.get("tie_word_embeddings"):
                 raise PlumbError(f"{adapter_dir}: the adapter trains lm_head, which this base ties to the token "
                                  "embeddings; llama.cpp cannot apply that. Leave lm_head out of target_modules.",
                                  exit_code=2)
-            target = gguf_name(name, n_layers)
-            b = permute_qk(name, pair["B"], n_head, n_head_kv)  # lora_b's rows are the projection's outputs
+            target = gguf_name(name, n_layers, arch)
+            b = permute_qk(name, pair["B"], n_head, n_head_kv, arch)  # lora_b's rows are the projection's outputs
             writer.add_tensor(target + ".lora_a", np.ascontiguousarray(pair["A"], dtype=np.float32))
             writer.add_tensor(target + ".lora_b", np.ascontiguousarray(b, dtype=np.float32))
     return out

@@ -7,19 +7,11 @@ that file unchanged and skips the work.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from plumb.core.localmodels import sha256_of as sha256
 from plumb.core.records import Event, EventSink
 from plumb.pipeline.session import Session
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def export_adapter(session: Session, adapter_dir: str, base_hf: str, run_id: int | None = None,
