@@ -140,7 +140,39 @@ def test_home_shows_constitution_models_counts_and_next_step(ws):
         assert "pairs 0" in text(app, "#counts")
         assert "generate" in text(app, "#models") and "train" in text(app, "#models")
         assert "press 4" in text(app, "#next")
-        assert "not built yet" in text(app, "#later")
+        assert "ctrl+t runs `plumb tune`" in text(app, "#tune-status")
+
+    run(app, body)
+
+
+def test_home_runs_tune_with_live_stages_then_shows_its_report(ws, monkeypatch):
+    """ctrl+t calls the pipeline's tune (stubbed here: the real one is tests/test_tune.py) with this
+    workspace and its constitution, shows each stage as it comes, then the report."""
+    from plumb.core.records import Event
+    from plumb.pipeline import tune
+
+    seen = {}
+
+    def fake_run(opts, sink, cancel=None):
+        seen.update(directory=opts.directory, constitution=opts.constitution, cancel=cancel)
+        for stage in ("prompts", "sample", "train"):
+            sink(Event("stage", stage=stage, message=f"{stage} going"))
+        sink(Event("metric", step=2, total=5, values={"loss": 0.5}, stage="train"))
+        (opts.directory / "report.md").write_text("# plumb tune: concise-writer\n\nchecks 40% -> 80%\n")
+        return tune.Tuned(str(opts.directory))
+
+    monkeypatch.setattr(tune, "run", fake_run)
+    app = make_app(ws.root)
+
+    async def body(pilot):
+        await until(pilot, lambda: "hash" in text(app, "#constitution"), what="the overview")
+        await pilot.press("ctrl+t")
+        await until(pilot, lambda: "done" in text(app, "#tune-status"), what="tune to finish")
+        log = "\n".join(str(line.text) for line in app.screen.query_one("#tune-log").lines)
+        assert "prompts" in log and "sample going" in log and "train going" in log
+        assert "checks 40% -> 80%" in app.screen.query_one("#tune-report")._markdown
+        assert seen["directory"] == ws.root and seen["constitution"] == "concise-writer"
+        assert seen["cancel"] is not None
 
     run(app, body)
 

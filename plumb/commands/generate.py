@@ -36,7 +36,8 @@ def generate(ctx: click.Context, prompts: tuple[str, ...], model_spec: str | Non
 
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
                             stop=tuple(stop))
-    opts = SampleOptions(model_spec, list(prompts), split, params, constitution, again)
+    opts = SampleOptions(model=model_spec, prompts=list(prompts), split=split, params=params,
+                         constitution=constitution, again=again)
     with session_from(ctx) as session, Progress(quiet=as_json) as show:
         out = sample(session, opts, show)
 

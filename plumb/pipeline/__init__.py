@@ -5,7 +5,13 @@
     train.py       train(session, TrainOptions, sink)        a LoRA adapter (child process)
     export.py      export_adapter(session, adapter, base)    GGUF LoRA for llama.cpp
     compare.py     compare(session, CompareOptions, sink)    base vs tuned, one loaded model
-    quickstart.py  run(Options, sink)                        the stages above as one job
+    critique.py    critique(session, CritiqueOptions, sink)  CAI critique and revision rounds
+    judge.py       judge(session, JudgeOptions, sink)        pairs judged in both orders (or by the checks)
+    pairs.py       build(store, by)                          judgments -> training pairs, drops counted
+    label.py       queue / record / undo                     a person's A/B labels
+    agreement.py   agreement(session, judge)                 judge vs person, judge vs checks
+    evaluate.py    evaluate(session, EvalOptions, sink)      held-out base vs tuned, measured
+    tune.py        run(TuneOptions, sink)                    the main job: every stage above, then a report
     runs.py        run_lifecycle(): start -> optimize -> done | failed | interrupted
     child.py       an optimizer in a child process, its events streamed back
 

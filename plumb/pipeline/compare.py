@@ -28,6 +28,7 @@ class CompareOptions:
     split: str = "eval"
     params: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.0, max_tokens=120))
     constitution: str | None = None
+    limit: int | None = None  # the split's first N prompts
 
 
 @dataclass
@@ -35,6 +36,9 @@ class Row:
     prompt: str
     base: str
     tuned: str
+    prompt_id: int = 0
+    base_id: int = 0  # the stored samples
+    tuned_id: int = 0
 
     @property
     def changed(self) -> bool:
@@ -51,11 +55,12 @@ class Compared:
 def compare(session: Session, opts: CompareOptions, sink: EventSink | None = None) -> Compared:
     emit = sink or (lambda event: None)
     const = session.constitution(opts.constitution)
-    prompts = session.store.prompts(opts.split)
+    prompts = session.store.prompts(opts.split)[:opts.limit]
     chats = [Chat.from_dicts(json.loads(p["messages"])) for p in prompts]
     emit(Event("stage", stage="compare", total=len(SIDES) * len(prompts),
                message=f"base vs tuned on {len(prompts)} {opts.split} prompts"))
     answers: dict[str, list[str]] = {}
+    ids: dict[str, list[int]] = {}
     checks: dict[str, float] = {}
     for k, (side, scale) in enumerate(SIDES):
         spec = ModelSpec("llamacpp", opts.base_gguf, lora=opts.adapter_gguf, lora_scale=scale)
@@ -72,9 +77,11 @@ def compare(session: Session, opts: CompareOptions, sink: EventSink | None = Non
                                              finish_reason=batch[0].finish_reason)
             have = session.store.samples_made(prov, [p["id"] for p in prompts])
         answers[side] = [have[p["id"]][0]["text"] for p in prompts]
+        ids[side] = [have[p["id"]][0]["id"] for p in prompts]
         results = check_completions(session.pm, const, [Completion(t, str(spec), "llamacpp") for t in answers[side]])
         total = sum(len(r) for r in results)
         checks[side] = sum(rw.value for r in results for _, rw in r) / total if total else float("nan")
         emit(Event("progress", stage="compare", step=(k + 1) * len(prompts), total=len(SIDES) * len(prompts)))
-    rows = [Row(p["text"], b, t) for p, b, t in zip(prompts, answers["base"], answers["tuned"])]
+    rows = [Row(p["text"], b, t, p["id"], bi, ti)
+            for p, b, t, bi, ti in zip(prompts, answers["base"], answers["tuned"], ids["base"], ids["tuned"])]
     return Compared(rows, checks, const.hash)

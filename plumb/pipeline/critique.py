@@ -41,7 +41,7 @@ class CritiqueOptions:
     rounds: int = 2
     order: str = "weight"  # "weight": a principle drawn by weight per round; "turn": each principle in turn
     split: str = "train"
-    limit: int | None = None  # at most this many drafts
+    limit: int | None = None  # only the split's first N drafts
     constitution: str | None = None
 
 
@@ -86,18 +86,19 @@ def critique(session: Session, opts: CritiqueOptions, sink: EventSink | None = N
     const = session.constitution(opts.constitution)
     critic = session.model("generate", opts.critic)
     store = session.store
-    total = store.one("SELECT count(*) FROM samples s JOIN prompts p ON p.id = s.prompt_id "
-                      "WHERE s.kind = 'sample' AND p.split = ?", (opts.split,))[0]
     drafts = store.query(
-        """SELECT s.id, s.prompt_id, s.text, p.messages FROM samples s JOIN prompts p ON p.id = s.prompt_id
-           WHERE s.kind = 'sample' AND p.split = ? AND NOT EXISTS (
+        """SELECT s.id, s.prompt_id, s.text, p.messages, EXISTS (
                SELECT 1 FROM critiques c WHERE c.sample_id = s.id AND c.round = 1 AND c.model = ?
-               AND c.constitution_hash = ?) ORDER BY s.id""", (opts.split, str(critic), const.hash))
-    drafts = drafts[:opts.limit] if opts.limit is not None else drafts
-    out = Critiqued(str(critic), drafts=len(drafts), already=total - len(drafts) if opts.limit is None else 0)
-    if total == 0:
+               AND c.constitution_hash = ?) AS done
+           FROM samples s JOIN prompts p ON p.id = s.prompt_id
+           WHERE s.kind = 'sample' AND p.split = ? ORDER BY s.id""", (str(critic), const.hash, opts.split))
+    if not drafts:
         raise PlumbError(f"no sampled answers in the {opts.split!r} split to critique; run `plumb generate` first.",
                          exit_code=2)
+    drafts = drafts[:opts.limit]  # the first N drafts: a rerun with the same limit has nothing left to do
+    out = Critiqued(str(critic), already=sum(d["done"] for d in drafts))
+    drafts = [d for d in drafts if not d["done"]]
+    out.drafts = len(drafts)
     turn = tuple(p.id for p in const.principles) if opts.order == "turn" else ()
     emit(Event("stage", stage="critique", total=len(drafts),
                message=f"{len(drafts)} drafts x {opts.rounds} rounds by {critic}"

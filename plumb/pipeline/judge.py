@@ -33,7 +33,7 @@ class JudgeOptions:
     judge: str | None = None  # model spec, or "checks"; default: plumb.toml's [models] generate
     principle: str | None = None  # judge against one principle instead of the whole constitution
     split: str = "train"
-    limit: int | None = None
+    limit: int | None = None  # only the first N candidate pairs
     constitution: str | None = None
 
 
@@ -110,7 +110,7 @@ def judge(session: Session, opts: JudgeOptions, sink: EventSink | None = None) -
     done = _judged_keys(session.store, name, opts.principle, const.hash)
     out = Judged(name)
     todo = []
-    for pair in candidate_pairs(session.store, opts.split):
+    for pair in candidate_pairs(session.store, opts.split)[:opts.limit]:  # the first N: a rerun adds none
         key = (min(pair["a_id"], pair["b_id"]), max(pair["a_id"], pair["b_id"]))
         if key in done:
             out.already += 1
@@ -119,7 +119,6 @@ def judge(session: Session, opts: JudgeOptions, sink: EventSink | None = None) -
         else:
             done.add(key)
             todo.append(pair)
-    todo = todo[:opts.limit] if opts.limit is not None else todo
     out.pairs = len(todo)
     emit(Event("stage", stage="judge", total=len(todo), message=f"{len(todo)} pairs by {name}"
                + (f" ({out.already} already judged)" if out.already else "")))

@@ -30,6 +30,7 @@ class SampleOptions:
     prompts: list[str] = field(default_factory=list)  # new prompts (stored, source "cli"); else the split
     split: str = "train"
     params: SamplingParams = field(default_factory=SamplingParams)
+    limit: int | None = None  # the split's first N prompts
     constitution: str | None = None
     again: bool = False  # sample anew even where this model already answered with these parameters
 
@@ -55,7 +56,7 @@ def sample(session: Session, opts: SampleOptions, sink: EventSink | None = None)
         rows = [(store.add_prompt([{"role": "user", "content": p}], source="cli"), Chat.from_user(p))
                 for p in opts.prompts]
     else:
-        rows = [(r["id"], Chat.from_dicts(json.loads(r["messages"]))) for r in store.prompts(opts.split)]
+        rows = [(r["id"], Chat.from_dicts(json.loads(r["messages"]))) for r in store.prompts(opts.split)[:opts.limit]]
         if not rows:
             raise PlumbError(f"no prompts given and the workspace has no {opts.split!r} prompts; pass PROMPTS or "
                              "`plumb data import FILE.jsonl` first.", exit_code=2)

@@ -10,6 +10,13 @@ OOM kill of training leaves the caller running and the run marked failed.
 A rerun skips what is done: a finished run with the same method, options,
 policy and data returns its adapter at once; an interrupted or failed one with
 checkpoints is resumed into the same directory. ``fresh`` trains anew.
+
+A method whose options declare ``DATA = "tasks"`` (GRPO) trains on tasks
+instead of pairs: a JSONL file's prompts or the workspace's, with their task
+fields; its reward weights (``--reward NAME[=WEIGHT]`` over the config's
+``rewards``) are checked against the installed verifiers before any work, and
+the workspace constitution's checks travel with the run as held-out signals.
+Its ``OUT/rollouts.jsonl`` is stored after the run however it ended.
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ class TrainOptions:
     fresh: bool = False  # train anew even if an identical run finished
     isolate: bool = True  # train in a child process
     constitution: str | None = None  # recorded as the run's provenance
+    pairs_by: str = "both"  # whose verdicts make pairs (pipeline.pairs.build)
+    tasks: str | None = None  # grpo: a JSONL file of tasks (default: the workspace's prompts)
+    rewards: list[str] = field(default_factory=list)  # grpo: NAME[=WEIGHT] (over the config's ``rewards``)
 
 
 @dataclass
@@ -73,9 +83,107 @@ def rows_from_file(path: str, method: str) -> list[dict[str, Any]]:
 
 
 def validate(session: Session, opts: TrainOptions) -> dict[str, Any]:
-    """The method's entry and its validated options (defaults filled in), before any work."""
+    """The method's entry and its validated options (defaults filled in), before any work; for a method
+    that trains on tasks, its reward weights too (a weight naming a missing verifier is an error here)."""
     entry = session.pm.registry.check_method(opts.method)
-    return validate_options(entry, {**opts.config, "method": opts.method})
+    config = {**opts.config, "method": opts.method}
+    if getattr(entry.impl, "DATA", None) == "tasks":
+        config["rewards"] = reward_weights(session, opts)[0]
+    return validate_options(entry, config)
+
+
+# -- methods that train on tasks (GRPO): prompts with what verifiers need, reward weights, rollouts ----
+
+
+def task_rows(store: Store, split: str = "train") -> list[dict[str, Any]]:
+    """The workspace's prompts of ``split``, each with its task fields (tests / answer / schema / meta)."""
+    return [{"messages": json.loads(p["messages"]), **json.loads(p["task"] or "{}")} for p in store.prompts(split)]
+
+
+def task_rows_from_file(path: str) -> list[dict[str, Any]]:
+    """Every distinct prompt of a JSONL file (any shape's prompt) with its task fields."""
+    from plumb.core.dataio import read_jsonl
+
+    rows: dict[str, dict[str, Any]] = {}
+    for r in read_jsonl(path):
+        rows.setdefault(json.dumps(r.messages, sort_keys=True), {"messages": r.messages, **(r.task or {})})
+    return list(rows.values())
+
+
+def _reward_model_dir(session: Session, ref: str) -> str:
+    """A trained reward model by path, or by name under the workspace's adapters/ (its run directory)."""
+    for base in (Path(ref).expanduser(), session.ws.adapters_dir / ref):
+        for d in (base, base / "adapter"):
+            if (d / "reward_model.json").is_file():
+                return str(d.resolve())
+    found = sorted(p.parent.parent.name for p in session.ws.adapters_dir.glob("*/adapter/reward_model.json"))
+    raise PlumbError(f"--reward reward-model:{ref}: no reward model there (a directory `plumb train reward-model` "
+                     f"wrote). Reward models in this workspace: {', '.join(found) or 'none'}.", exit_code=2)
+
+
+def reward_weights(session: Session, opts: TrainOptions) -> tuple[dict[str, float], str | None]:
+    """{verifier: weight} from the run config's ``rewards`` and ``--reward NAME[=WEIGHT]``, every name an
+    installed verifier; ``reward-model:PATH_OR_NAME`` is the ``reward-model`` verifier with that model."""
+    from plumb.core.rewards import parse_weights, validate_weights
+
+    weights = {**parse_weights(opts.config.get("rewards") or {}), **parse_weights(list(opts.rewards))}
+    model = None
+    for name in [n for n in weights if n.startswith("reward-model:")]:
+        model = _reward_model_dir(session, name.split(":", 1)[1])
+        weights["reward-model"] = weights.pop(name)
+    if not weights:
+        raise PlumbError(f"{opts.method} needs rewards to optimize: --reward NAME[=WEIGHT] (repeatable), or rewards = "
+                         "{NAME = WEIGHT} in the run config. `plumb plugins` lists the verifiers.", exit_code=2)
+    validate_weights(session.pm, weights)
+    return weights, model
+
+
+def tasks_for(session: Session, opts: TrainOptions, const: Any,
+              options: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(training tasks, held-out tasks); fills in the options' reward weights and the constitution's checks."""
+    weights, model = reward_weights(session, opts)
+    src = opts.tasks or (opts.data if opts.data != "workspace" else None)
+    rows = task_rows_from_file(src) if src else task_rows(session.store, "train")
+    held = (task_rows_from_file(opts.eval_data) if opts.eval_data else [] if src
+            else task_rows(session.store, "eval"))
+    if not rows:
+        raise PlumbError(f"no tasks to train {opts.method} on: pass --tasks FILE.jsonl (prompts with answer, tests, "
+                         "schema or meta) or import prompts (`plumb data import FILE.jsonl`).", exit_code=2)
+    for row in rows + held if model else []:
+        row["meta"] = {"reward_model": model, **(row.get("meta") or {})}
+    options["rewards"] = weights
+    options["checks"] = [{"principle": p.id, "verifier": c.verifier, "params": dict(c.params)}
+                         for p in (const.principles if const is not None else []) for c in p.checks]
+    return rows, held
+
+
+def ingest_rollouts(store: Store, run_id: int, out_dir: str, prov: Provenance) -> int:
+    """Store a run's ``OUT/rollouts.jsonl`` lines (this run's only): a sample of kind 'rollout' with its
+    provenance, its rewards and its rollout row (step, group, weighted reward, advantage)."""
+    from plumb.core.records import Reward
+
+    path = Path(out_dir) / "rollouts.jsonl"
+    if not path.is_file():
+        return 0
+    n = 0
+    with store.transaction():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:  # a line cut short by a kill
+                continue
+            if r.get("run_id") != run_id:
+                continue
+            pid = store.add_prompt(r["messages"], source=f"{prov.plugin} run {run_id}")
+            p = Provenance(prov.model, r["sampler"], {**r["params"], "step": r["step"]}, prov.plugin,
+                           prov.plugin_version, prov.constitution_hash)
+            sid = store.add_sample(pid, r["completion"], p, kind="rollout", finish_reason=r["finish_reason"])
+            for w in r["rewards"]:
+                detail = f"[{w['check']}] {w['detail']}" if w.get("check") else w["detail"]
+                store.add_reward(sid, Reward(w["name"], w["value"], detail, w["status"], w["seconds"]), p)
+            store.add_rollout(run_id, r["step"], r["group"], sid, r["reward"] or 0.0, r["advantage"])
+            n += 1
+    return n
 
 
 def _key(method: str, options: dict[str, Any], policy: str, rows: list[dict[str, Any]]) -> str:
@@ -93,15 +201,20 @@ def train(session: Session, opts: TrainOptions, sink: EventSink | None = None) -
     options = validate(session, opts)
     spec = session.model("train", opts.policy)
     const = session.constitution(opts.constitution) if session.ws.config or opts.constitution else None
-    rows = rows_for(session.store, opts.method) if opts.data == "workspace" else rows_from_file(opts.data, opts.method)
-    if not rows:
-        what = {"kto": "labelled completions", "sft": "answers (references, revisions or judged winners)"}
-        raise PlumbError(f"no {what.get(opts.method, 'judged preference pairs')} to train {opts.method} on "
-                         f"in {opts.data}; import some (`plumb data import FILE.jsonl`) or pass --data FILE.",
-                         exit_code=2)
-    eval_rows = []
-    if opts.eval_data:
-        eval_rows = rows_from_file(opts.eval_data, "dpo") or rows_from_file(opts.eval_data, "sft")
+    on_tasks = getattr(session.pm.registry.methods[opts.method].impl, "DATA", None) == "tasks"
+    if on_tasks:
+        rows, eval_rows = tasks_for(session, opts, const, options)
+    else:
+        rows = (rows_for(session.store, opts.method, opts.pairs_by) if opts.data == "workspace"
+                else rows_from_file(opts.data, opts.method))
+        if not rows:
+            what = {"kto": "labelled completions", "sft": "answers (references, revisions or judged winners)"}
+            raise PlumbError(f"no {what.get(opts.method, 'judged preference pairs')} to train {opts.method} on "
+                             f"in {opts.data}; import some (`plumb data import FILE.jsonl`) or pass --data FILE.",
+                             exit_code=2)
+        eval_rows = []
+        if opts.eval_data:
+            eval_rows = rows_from_file(opts.eval_data, "dpo") or rows_from_file(opts.eval_data, "sft")
     key = _key(opts.method, options, str(spec), rows)
 
     earlier = None if opts.fresh or opts.out_dir else _earlier(session.store, key)
@@ -125,14 +238,27 @@ def train(session: Session, opts: TrainOptions, sink: EventSink | None = None) -
     prov = Provenance(model=str(spec), backend=spec.backend, params=options, plugin=entry.plugin,
                       plugin_version=session.pm.version_of(entry.plugin),
                       constitution_hash=const.hash if const is not None else None)
-    record = {**options, "key": key, "data": opts.data, "policy": str(spec), "rows": len(rows)}
+    record = {**options, "key": key, "data": opts.tasks or opts.data, "policy": str(spec), "rows": len(rows)}
     emit(Event("stage", stage="train", message=f"{opts.method} on {len(rows)} rows, {spec}"))
     with run_lifecycle(session.store, opts.method, record, out_dir, prov) as handle:
         run = RunSpec(opts.method, spec, rows, out_dir, options, handle.run_id, eval_rows)
         events = fan_out(to_store(session.store, handle.run_id), emit)
-        result = _optimize(session, run, events, opts.isolate)
+        try:
+            result = _optimize(session, run, events, opts.isolate)
+        finally:  # rollouts are kept whether the run finished, failed or was interrupted
+            if on_tasks:
+                _ingest(session, handle.run_id, out_dir, prov, emit)
         handle.finish(result.metrics, result.artifacts)
     return Trained(handle.run_id, out_dir, result.adapter_dir, result.metrics, result.artifacts)
+
+
+def _ingest(session: Session, run_id: int, out_dir: str, prov: Provenance, emit: EventSink) -> None:
+    try:
+        n = ingest_rollouts(session.store, run_id, out_dir, prov)
+    except Exception as exc:  # never hide the run's own outcome behind a bookkeeping error
+        emit(Event("log", run_id, message=f"could not store the rollouts of {out_dir}: {exc}"))
+        return
+    emit(Event("log", run_id, message=f"{n} rollouts stored"))
 
 
 def _optimize(session: Session, run: RunSpec, events: EventSink, isolate: bool) -> RunResult:

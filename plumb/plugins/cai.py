@@ -25,7 +25,8 @@ import re
 from plumb.core.hookspecs import hookimpl
 from plumb.core.records import Chat, Critique, CritiqueRequest, SamplingParams
 
-PARAMS = SamplingParams(n=1, temperature=0.0, max_tokens=256)
+CRITIQUE = SamplingParams(n=1, temperature=0.0, max_tokens=96)  # "one to three sentences"
+REVISION = SamplingParams(n=1, temperature=0.0, max_tokens=192)
 _TAGS = re.compile(r"</?\s*(request|response|critique)\s*>", re.IGNORECASE)
 _PREAMBLE = re.compile(r"^\s*(here is |here's )?(the |my |a )?(revised|rewritten|improved|updated) "
                        r"(response|answer|version)\s*(is)?\s*[:\-]\s*", re.IGNORECASE)
@@ -73,10 +74,10 @@ def plumb_critique(ctx, constitution, requests: list[CritiqueRequest], critic) -
         active = [i for i, r in enumerate(requests) if r.rounds >= k]
         principles = {i: pick(constitution, requests[i], k) for i in active}
         critiques = ctx.generate(critic, [critique_chat(requests[i].chat, current[i], principles[i])
-                                          for i in active], PARAMS)
+                                          for i in active], CRITIQUE)
         texts = {i: c[0].text.strip() for i, c in zip(active, critiques)}
         revisions = ctx.generate(critic, [revision_chat(requests[i].chat, current[i], principles[i], texts[i])
-                                          for i in active], PARAMS)
+                                          for i in active], REVISION)
         for i, rev in zip(active, revisions):
             revised = clean(rev[0].text)
             out[i].append(Critique(principles[i].id, texts[i], revised, str(critic), round=k))

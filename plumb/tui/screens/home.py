@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.markup import escape
-from textual.widgets import Static
+from textual.widgets import Markdown, RichLog, Static
 
 from plumb.core.errors import PlumbError, ValidationFailed
 from plumb.tui.screens.base import PlumbScreen
@@ -64,7 +64,7 @@ def _next_step(view: Overview, store: Any) -> str:
         return "The constitution has errors: press 2 to see and fix them."
     if not c["prompts"]:
         return ("Import prompts or preference pairs: `plumb data import FILE.jsonl` "
-                "(or `plumb quickstart` for a worked example).")
+                "(or run `plumb tune`: it brings its own prompts and does every step).")
     if not c["pairs"]:
         to_label = len(queue(store))
         if not to_label:
@@ -94,7 +94,9 @@ def overview(session: Any) -> Overview:
 
 class HomeScreen(PlumbScreen):
     NAME = "home"
-    BINDINGS = [Binding("ctrl+r", "reload", "Reload")]
+    BINDINGS = [Binding("ctrl+r", "reload", "Reload"), Binding("ctrl+t", "tune", "Tune"),
+                Binding("ctrl+x", "stop_tune", "Stop tune")]
+    tuning: Any = None  # the work session of a running `plumb tune`
 
     def compose_body(self) -> ComposeResult:
         yield Static(id="workspace", classes="section")
@@ -102,9 +104,65 @@ class HomeScreen(PlumbScreen):
         yield Static(id="models", classes="section")
         yield Static(id="counts", classes="section")
         yield Static(id="next", classes="section")
-        yield Static("[dim]Later: `plumb tune`, every stage as one action with live progress per stage and then "
-                     "its report; it is not built yet (the stages run one by one from the screens above).[/]",
-                     id="later", classes="section")
+        yield Static("[b]Tune[/]  ctrl+t runs `plumb tune` on this workspace and its constitution: every stage, "
+                     "live, then its report (ctrl+x stops it; ctrl+t again continues where it stopped).",
+                     id="tune-status", classes="section")
+        yield RichLog(id="tune-log", markup=True, wrap=True)
+        yield Markdown(id="tune-report")
+
+    def action_tune(self) -> None:
+        if self.tuning is not None:
+            self.notify("plumb tune is already running (ctrl+x stops it).")
+            return
+        self.tuning = self.app.work_session()
+        log = self.query_one("#tune-log", RichLog)
+        log.clear()
+        log.display = True
+        self.run_tune(self.tuning)
+
+    def action_stop_tune(self) -> None:
+        if self.tuning is not None:
+            self.tuning.cancel.set()
+            self.query_one("#tune-status", Static).update("[b]Tune[/]  stopping after the current step...")
+
+    @work(thread=True, exclusive=True, group="tune", exit_on_error=False)
+    def run_tune(self, session: Any) -> None:
+        from plumb.pipeline.tune import TuneOptions, run
+
+        opts = TuneOptions(directory=session.root, constitution=session.ws.constitution_name)
+        try:
+            done = run(opts, self.sink(), cancel=session.cancel)
+        except Exception as exc:  # PlumbError (too few pairs, a stop, a failed run) or a plugin's bug
+            self.app.call_from_thread(self.tuned, None, exc)
+        else:
+            self.app.call_from_thread(self.tuned, done, None)
+
+    def tuned(self, done: Any, error: BaseException | None) -> None:
+        self.tuning = None
+        status = self.query_one("#tune-status", Static)
+        if error is not None:
+            status.update(f"[b]Tune[/]  [red]stopped: {escape(str(error))}[/]")
+            self.fail("plumb tune stopped", error)
+        else:
+            from pathlib import Path
+
+            status.update(f"[b]Tune[/]  done: {escape(str(Path(done.directory) / 'report.md'))}")
+            self.query_one("#tune-report", Markdown).update((Path(done.directory) / "report.md").read_text())
+        self.load()
+
+    @on(PlumbScreen.PipelineEvent)
+    def progressed(self, message: PlumbScreen.PipelineEvent) -> None:
+        event = message.event
+        log = self.query_one("#tune-log", RichLog)
+        if event.kind == "stage":
+            log.write(f"[b cyan]{escape(event.stage or '')}[/] {escape(event.message)}")
+        elif event.kind in ("log", "error") and event.message:
+            log.write(escape(event.message))
+        elif event.kind in ("progress", "metric") and event.step is not None:
+            of = f"/{event.total}" if event.total else ""
+            loss = f"  loss {event.values['loss']:.4f}" if "loss" in event.values else ""
+            self.query_one("#tune-status", Static).update(
+                f"[b]Tune[/]  {escape(event.stage or 'train')}: {event.step}{of}{loss}")
 
     def refresh_data(self) -> None:
         self.query_one("#workspace", Static).update(f"[b]Workspace[/]  {escape(str(self.session.root))}")
