@@ -7,6 +7,17 @@ left so every row's answer starts at the same column, and are generated in
 one batch with the KV cache on. The same ``SamplingParams`` as every backend:
 n, temperature (0 = greedy), top_p, max_tokens, seed, stop strings, top-k
 log-probs of each generated token (from the raw logits).
+
+``option_logprobs_with`` scores a judge's candidate answers without
+sampling: log p(option | chat) teacher-forced, from batched forward passes
+(rows right-padded) over each prompt followed by an option's tokens but the
+last, so all the single-token options of a chat come from one row. The
+counting rule is llama.cpp's (see plumb.plugins.llamacpp): the option is
+tokenized on its own (no special tokens); its first token stands for every
+vocabulary token with exactly the same text (decoded alone, special tokens
+spelled out), each followed by the rest of the option's tokens, and their
+probabilities are summed; a first token that is a piece of a character
+(decodes to U+FFFD) counts alone.
 """
 
 from __future__ import annotations
@@ -31,6 +42,14 @@ def plumb_generate(model: ModelSpec, chats: list[Chat], params: SamplingParams):
         return None
     hf_model, tokenizer = load(model.target)
     return generate_with(hf_model, tokenizer, chats, params, name=str(model))
+
+
+@hookimpl
+def plumb_option_logprobs(model: ModelSpec, chats: list[Chat], options: list[str]):
+    if model.backend != "hf":
+        return None
+    hf_model, tokenizer = load(model.target)
+    return option_logprobs_with(hf_model, tokenizer, chats, options)
 
 
 _LOADED: dict[str, tuple[Any, Any]] = {}
@@ -152,4 +171,82 @@ def generate_with(model: Any, tokenizer: Any, chats: list[Chat], params: Samplin
                            prompt_tokens=len(s.prompt_ids[r]), completion_tokens=len(s.completion_ids[r]),
                            top_logprobs=s.top_logprobs[r] if s.top_logprobs else None, params=params.to_dict())
                 for r in rows])
+    return result
+
+
+# -- option log-probs ------------------------------------------------------------------
+
+
+def vocab_texts(tokenizer: Any) -> list[str]:
+    """Every token's text, decoded alone with special tokens spelled out (kept on the tokenizer)."""
+    texts = getattr(tokenizer, "_plumb_vocab_texts", None)
+    if texts is None:
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=False,
+                                       clean_up_tokenization_spaces=False)
+        tokenizer._plumb_vocab_texts = texts
+    return texts
+
+
+def option_paths(tokenizer: Any, option: str) -> list[list[int]]:
+    """The token sequences that count as ``option``: its own tokens, the first one replaced in
+    turn by every token with the same text (only itself when it is a piece of a character)."""
+    toks = tokenizer(option, add_special_tokens=False)["input_ids"]
+    if not toks:
+        return [[]]
+    texts = vocab_texts(tokenizer)
+    first = texts[toks[0]]
+    same = [toks[0]] if "\ufffd" in first else [t for t, text in enumerate(texts) if text == first]
+    return [[t] + toks[1:] for t in same]
+
+
+def option_logprobs_with(model: Any, tokenizer: Any, chats: list[Chat], options: list[str],
+                         batch_size: int | None = None) -> list[dict[str, float]]:
+    """Per chat, {option: log p(the answer starts with option | chat)} from an already-loaded model.
+
+    One row per distinct input (a chat's prompt + an option's tokens but the last): every
+    single-token option of a chat is read from the same row."""
+    import torch
+
+    batch_size = batch_size or int(os.environ.get("PLUMB_HF_BATCH", 8))
+    prompts = encode_chats(tokenizer, chats)
+    options = list(dict.fromkeys(options))
+    paths = {option: option_paths(tokenizer, option) for option in options}
+    feeds = list(dict.fromkeys((c, tuple(path[:-1])) for c in range(len(chats)) for o in options
+                               for path in paths[o] if path))
+    n_ctx = getattr(model.config, "max_position_embeddings", None)
+    longest = max((len(prompts[c]) + len(rest) for c, rest in feeds), default=0)
+    if n_ctx and longest >= n_ctx:
+        raise PlumbError(f"a prompt and its longest option are {longest + 1} tokens but the model takes at most "
+                         f"{n_ctx}; shorten it.", exit_code=2)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    logp: dict[tuple[int, tuple[int, ...]], Any] = {}  # feed -> log-probs after each of its option positions
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(feeds), batch_size):
+            part = feeds[start:start + batch_size]
+            seqs = [prompts[c] + list(rest) for c, rest in part]
+            width = max(len(s) for s in seqs)
+            ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+            # logits only where an option token is predicted: (rows, positions kept, vocabulary)
+            keep = sorted({len(prompts[c]) - 1 + k for c, rest in part for k in range(len(rest) + 1)})
+            column = {position: i for i, position in enumerate(keep)}
+            with torch.no_grad():
+                logits = model(input_ids=ids, attention_mask=mask,
+                               logits_to_keep=torch.tensor(keep, device=device)).logits
+            for r, (c, rest) in enumerate(part):
+                at = [column[len(prompts[c]) - 1 + k] for k in range(len(rest) + 1)]
+                logp[(c, rest)] = logits[r, at].double().log_softmax(-1).cpu()
+    finally:
+        model.train(was_training)
+    result = []
+    for c in range(len(chats)):
+        row = {}
+        for option in options:
+            scores = [sum(float(logp[(c, tuple(path[:-1]))][k, tok]) for k, tok in enumerate(path))
+                      for path in paths[option] if path]
+            row[option] = float(torch.tensor(scores, dtype=torch.float64).logsumexp(0)) if scores else 0.0
+        result.append(row)
     return result

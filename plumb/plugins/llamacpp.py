@@ -19,11 +19,31 @@ llama-cpp-python. What it guarantees:
   distribution; greedy at temperature 0) and, on request, the top-k log-probs
   of every generated token computed from the raw logits — without
   ``logits_all``, which would keep a (context x vocabulary) float matrix.
+  Log-probs are keyed by token text; distinct tokens with the same text are
+  one entry whose probability is their sum over the whole vocabulary.
+* **Several samples at once.** Sampling at temperature > 0 with more than
+  one sequence to produce (``n`` > 1 or several prompts) and no log-probs
+  decodes the sequences together in a second context on the same weights,
+  one seeded sampler per completion (``llamacpp_batch``). Greedy decoding
+  and log-probs keep the one-sequence path: each completion after the
+  other, all drawn from one sampler seeded once.
+* **Option log-probs without sampling** (``option_logprobs``): log p(option |
+  chat) for a judge's candidate answers ("A", "B", "tie"), each option
+  teacher-forced after the prompt, whose prefix cache is reused as above.
+  Counting rule: the option is tokenized on its own (no BOS, no special
+  tokens) and scored as that token sequence, except that its *first* token
+  stands for every vocabulary token with exactly the same text: log p =
+  logsumexp over those tokens t of [log p(t | prompt) + log p(rest | prompt,
+  t)]. A first token that is a piece of a character (its text alone is not
+  valid UTF-8) counts alone. Other tokenizations of the option's text (e.g.
+  "t" + "ie" for "tie") are not counted.
 
 Knobs: ``PLUMB_N_CTX`` (context size; default 4096, capped at the model's
-training context), ``PLUMB_THREADS`` (default: every core this process may
-use — lower it on a machine shared with other heavy work, where llama.cpp's
-threads otherwise wait on each other).
+training context), ``PLUMB_BATCH_CTX`` (KV cells of the batched-sampling
+context, shared by all its sequences; default and minimum: the context
+size), ``PLUMB_THREADS`` (default: every core this process may use — lower
+it on a machine shared with other heavy work, where llama.cpp's threads
+otherwise wait on each other).
 """
 
 from __future__ import annotations
@@ -45,7 +65,8 @@ DEFAULT_N_CTX = 4096
 
 @hookimpl
 def plumb_register_backends(register) -> None:
-    register("llamacpp", "llama.cpp in-process: GGUF models, LoRA GGUF adapters, prefix reuse, logprobs")
+    register("llamacpp", "llama.cpp in-process: GGUF models, LoRA GGUF adapters, prefix reuse, logprobs, "
+             "option log-probs, batched sampling")
 
 
 @hookimpl
@@ -55,7 +76,33 @@ def plumb_generate(model: ModelSpec, chats: list[Chat], params: SamplingParams):
     return generate(model, chats, params)
 
 
+@hookimpl
+def plumb_option_logprobs(model: ModelSpec, chats: list[Chat], options: list[str]):
+    if model.backend != "llamacpp":
+        return None
+    return option_logprobs(model, chats, options)
+
+
 # -- loading, once per process -------------------------------------------------------
+
+
+class VocabText:
+    """The text of every vocabulary token (special tokens spelled out, a piece of a
+    character as U+FFFD) and, per text, the ids of all the tokens that have it."""
+
+    def __init__(self, texts: list[str]):
+        import numpy as np
+
+        self.texts = texts
+        groups: dict[str, list[int]] = {}
+        for tid, text in enumerate(texts):
+            groups.setdefault(text, []).append(tid)
+        self.ids = {text: np.array(tids) for text, tids in groups.items()}
+
+    def same_text(self, tid: int) -> list[int]:
+        """``tid`` and every other token with exactly its text; only ``tid`` for a piece of a character."""
+        text = self.texts[tid]
+        return [tid] if "\ufffd" in text else self.ids[text].tolist()
 
 
 @dataclass
@@ -70,10 +117,19 @@ class Loaded:
     eos: str
     adapters: dict[str, Any] = field(default_factory=dict)  # path -> llama_adapter_lora_p
     active: tuple[str | None, float] = (None, 0.0)
+    vocab: VocabText | None = None  # made on first use
+    batch: Any = None  # llamacpp_batch.BatchContext, made on first batched sampling
 
     @property
     def n_ctx(self) -> int:
         return self.llm.n_ctx()
+
+    def vocab_text(self) -> VocabText:
+        if self.vocab is None:
+            detok = self.llm.detokenize
+            self.vocab = VocabText([detok([t], special=True).decode("utf-8", "replace")
+                                    for t in range(self.llm.n_vocab())])
+        return self.vocab
 
 
 _LOADED: dict[tuple[str, int], Loaded] = {}
@@ -142,10 +198,8 @@ def set_adapter(loaded: Loaded, lora: str | None, scale: float) -> None:
     want = (str(Path(lora).resolve()), float(scale)) if lora and scale != 0 else (None, 0.0)
     if want == loaded.active:
         return
-    ctx = loaded.llm._ctx.ctx
-    if want[0] is None:
-        rc = llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
-    else:
+    adapter = None
+    if want[0] is not None:
         adapter = loaded.adapters.get(want[0])
         if adapter is None:
             if not Path(want[0]).is_file():
@@ -156,12 +210,22 @@ def set_adapter(loaded: Loaded, lora: str | None, scale: float) -> None:
                 raise PlumbError(f"llama.cpp could not load the LoRA adapter {lora} on {loaded.path}: "
                                  "is it a GGUF LoRA made for this base model (same architecture and sizes)?")
             loaded.adapters[want[0]] = adapter
-        rc = llama_cpp.llama_set_adapters_lora(ctx, (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter), 1,
-                                               (ctypes.c_float * 1)(want[1]))
-    if rc != 0:
-        raise PlumbError(f"llama.cpp could not apply the LoRA adapter {lora} (code {rc}).")
+    apply_lora(loaded.llm._ctx.ctx, adapter, want[1], lora)
     loaded.llm.n_tokens = 0  # the KV cache was computed with other weights
     loaded.active = want
+
+
+def apply_lora(ctx: Any, adapter: Any, scale: float, name: str | None) -> None:
+    """Set the LoRA adapters of one llama.cpp context: ``adapter`` at ``scale``, or none (None)."""
+    import llama_cpp
+
+    if adapter is None:
+        rc = llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
+    else:
+        rc = llama_cpp.llama_set_adapters_lora(ctx, (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter), 1,
+                                               (ctypes.c_float * 1)(scale))
+    if rc != 0:
+        raise PlumbError(f"llama.cpp could not apply the LoRA adapter {name} (code {rc}).")
 
 
 @atexit.register
@@ -171,6 +235,9 @@ def close_all() -> None:
 
     llama_cpp = sys.modules.get("llama_cpp")
     for loaded in _LOADED.values():
+        if loaded.batch is not None:
+            loaded.batch.close()
+            loaded.batch = None
         if llama_cpp is not None and loaded.adapters:
             llama_cpp.llama_set_adapters_lora(loaded.llm._ctx.ctx, None, 0, None)
             for adapter in loaded.adapters.values():
@@ -201,7 +268,22 @@ def render_chat(template: str, messages: list[dict[str, str]], bos: str = "", eo
 
 def prompt_tokens(loaded: Loaded, chat: Chat) -> list[int]:
     text = render_chat(loaded.template, chat.to_dicts(), loaded.bos, loaded.eos)
-    return loaded.llm.tokenize(text.encode("utf-8"), add_bos=loaded.add_bos, special=True)
+    add_bos = loaded.add_bos and not (loaded.bos and text.startswith(loaded.bos))  # the template may render it
+    return loaded.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+
+def fit_prompts(spec: ModelSpec, loaded: Loaded, chats: list[Chat], room: int = 0,
+                room_for: str = "") -> list[list[int]]:
+    """Every chat's prompt tokens; a PlumbError if one, plus ``room`` tokens after it, does not fit the context."""
+    prompts = [prompt_tokens(loaded, chat) for chat in chats]
+    for chat, toks in zip(chats, prompts):
+        if len(toks) + room >= loaded.n_ctx:
+            extra = f" ({room_for} needs {room} more)" if room else ""
+            raise PlumbError(
+                f"the prompt {chat.last_user[:40]!r}... is {len(toks)} tokens but {spec} runs with a context of "
+                f"{loaded.n_ctx} tokens{extra}; shorten the prompt or set PLUMB_N_CTX to a larger context.",
+                exit_code=2)
+    return prompts
 
 
 def prefill(llm: Any, tokens: list[int]):
@@ -225,17 +307,83 @@ def last_logits(llm: Any):
     return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
 
 
-def top_logprobs(llm: Any, logits, k: int) -> dict[str, float]:
+def log_softmax(logits):
     import numpy as np
 
-    z = logits - logits.max()
-    logp = z - np.log(np.exp(z).sum())
+    z = logits.astype(np.float64) - logits.max()
+    return z - np.log(np.exp(z).sum())
+
+
+def top_logprobs(loaded: Loaded, logits, k: int) -> dict[str, float]:
+    """The ``k`` most likely next texts -> log-prob, most likely first. Distinct tokens with the
+    same text are one entry: the log of their summed probability over the whole vocabulary."""
+    import numpy as np
+
+    logp = log_softmax(logits)
+    vocab = loaded.vocab_text()
     top = np.argpartition(-logp, min(k, len(logp) - 1))[:k]
     out: dict[str, float] = {}
-    for tid in sorted(top, key=lambda t: -logp[t]):
-        text = llm.detokenize([int(tid)], special=True).decode("utf-8", "replace")
-        out.setdefault(text, float(logp[tid]))
-    return out
+    for tid in top:
+        text = vocab.texts[tid]
+        if text not in out:
+            ids = vocab.ids[text]
+            out[text] = float(logp[tid]) if len(ids) == 1 else float(np.logaddexp.reduce(logp[ids]))
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+# -- option log-probs ------------------------------------------------------------------
+
+
+def option_paths(loaded: Loaded, option: str) -> list[list[int]]:
+    """The token sequences that count as ``option``: its own tokens (no BOS, no special
+    tokens), the first one replaced in turn by every token with the same text."""
+    toks = loaded.llm.tokenize(option.encode("utf-8"), add_bos=False, special=False)
+    if not toks:
+        return [[]]
+    return [[t] + toks[1:] for t in loaded.vocab_text().same_text(toks[0])]
+
+
+def _option_logprobs(spec: ModelSpec, chats: list[Chat], options: list[str],
+                     n_ctx: int | None) -> list[dict[str, float]]:
+    import numpy as np
+
+    loaded = load(spec.target, n_ctx)
+    set_adapter(loaded, spec.lora, spec.lora_scale if spec.lora else 0.0)
+    llm = loaded.llm
+    options = list(dict.fromkeys(options))
+    paths = {option: option_paths(loaded, option) for option in options}
+    room = max((len(p) - 1 for ps in paths.values() for p in ps), default=0)
+    prompts = fit_prompts(spec, loaded, chats, room, "the longest option")
+    result = []
+    for toks in prompts:
+        first = log_softmax(prefill(llm, toks))
+        row = {}
+        for option in options:
+            scores = []
+            for path in paths[option]:
+                lp = float(first[path[0]]) if path else 0.0
+                llm.n_tokens = len(toks)  # back to the prompt: the next eval drops the last path's tokens
+                for prev, tok in zip(path, path[1:]):  # teacher-force the rest of the option
+                    llm.eval([prev])
+                    lp += float(log_softmax(last_logits(llm))[tok])
+                scores.append(lp)
+            row[option] = float(np.logaddexp.reduce(scores))
+        llm.n_tokens = len(toks)  # the cache holds exactly the prompt again
+        result.append(row)
+    return result
+
+
+def option_logprobs(spec: ModelSpec, chats: list[Chat], options: list[str],
+                    n_ctx: int | None = None) -> list[dict[str, float]]:
+    """Per chat, {option: log p(the answer starts with option | chat)} (see the counting rule above).
+
+    Each prompt is prefilled once, reusing the cached prefix of the previous one (a judge's
+    constitution preamble), and every option is teacher-forced after it."""
+    with _LOCK:
+        return _option_logprobs(spec, chats, options, n_ctx)
+
+
+# -- sampling --------------------------------------------------------------------------
 
 
 def make_sampler(params: SamplingParams, seed: int | None):
@@ -253,6 +401,12 @@ def make_sampler(params: SamplingParams, seed: int | None):
     return chain
 
 
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """``text`` up to the first stop string, and whether one was found."""
+    hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
 def complete(loaded: Loaded, tokens: list[int], params: SamplingParams, sampler, name: str) -> Completion:
     """One completion of ``tokens``: decode until EOG, a stop string, max_tokens or a full context."""
     import llama_cpp
@@ -268,15 +422,14 @@ def complete(loaded: Loaded, tokens: list[int], params: SamplingParams, sampler,
             break
         tok = llama_cpp.llama_sampler_sample(sampler, llm._ctx.ctx, -1)
         if lps is not None:
-            lps.append(top_logprobs(llm, logits, params.logprobs))
+            lps.append(top_logprobs(loaded, logits, params.logprobs))
         if llama_cpp.llama_vocab_is_eog(vocab, tok):
             finish = "stop"
             break
         out.append(tok)
-        text = llm.detokenize(out).decode("utf-8", "replace")
-        hit = [i for i in (text.find(s) for s in params.stop if s) if i >= 0]
-        if hit:
-            text, finish = text[: min(hit)], "stop"
+        text, stopped = cut_at_stop(llm.detokenize(out).decode("utf-8", "replace"), params.stop)
+        if stopped:
+            finish = "stop"
             break
         llm.eval([tok])
         logits = last_logits(llm) if lps is not None else None
@@ -285,19 +438,22 @@ def complete(loaded: Loaded, tokens: list[int], params: SamplingParams, sampler,
                       params=params.to_dict())
 
 
-def _generate(spec: ModelSpec, chats: list[Chat], params: SamplingParams,
-              n_ctx: int | None) -> list[list[Completion]]:
+def _generate(spec: ModelSpec, chats: list[Chat], params: SamplingParams, n_ctx: int | None,
+              batched: bool | None) -> list[list[Completion]]:
     import llama_cpp
 
     loaded = load(spec.target, n_ctx)
     set_adapter(loaded, spec.lora, spec.lora_scale if spec.lora else 0.0)
-    prompts = [prompt_tokens(loaded, chat) for chat in chats]
-    for chat, toks in zip(chats, prompts):
-        if len(toks) >= loaded.n_ctx:
-            raise PlumbError(
-                f"the prompt {chat.last_user[:40]!r}... is {len(toks)} tokens but {spec} runs with a context of "
-                f"{loaded.n_ctx} tokens; shorten the prompt or set PLUMB_N_CTX to a larger context.", exit_code=2)
+    prompts = fit_prompts(spec, loaded, chats)
     name = str(spec) + (f"@{spec.lora_scale:g}" if spec.lora and spec.lora_scale != 1.0 else "")
+    if batched is None:
+        batched = params.temperature > 0 and not params.logprobs and params.n * len(prompts) > 1
+    if batched:
+        if params.logprobs:
+            raise ValueError("batched sampling does not compute log-probs; leave batched unset")
+        from plumb.plugins.llamacpp_batch import sample_batched
+
+        return sample_batched(loaded, prompts, params, name)
     sampler = make_sampler(params, params.seed)
     try:
         return [[complete(loaded, toks, params, sampler, name) for _ in range(params.n)] for toks in prompts]
@@ -305,8 +461,12 @@ def _generate(spec: ModelSpec, chats: list[Chat], params: SamplingParams,
         llama_cpp.llama_sampler_free(sampler)
 
 
-def generate(spec: ModelSpec, chats: list[Chat], params: SamplingParams,
-             n_ctx: int | None = None) -> list[list[Completion]]:
-    """One list of ``params.n`` completions per chat (one caller at a time: the model and its cache are shared)."""
+def generate(spec: ModelSpec, chats: list[Chat], params: SamplingParams, n_ctx: int | None = None,
+             batched: bool | None = None) -> list[list[Completion]]:
+    """One list of ``params.n`` completions per chat (one caller at a time: the model and its cache are shared).
+
+    ``batched`` None (the default) decodes the sequences together when sampling (temperature > 0)
+    more than one sequence without log-probs, else one at a time: samples of a prompt one after
+    the other from one sampler seeded once. True forces the batched decoder, False the other."""
     with _LOCK:
-        return _generate(spec, chats, params, n_ctx)
+        return _generate(spec, chats, params, n_ctx, batched)
