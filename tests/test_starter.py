@@ -82,8 +82,8 @@ def test_pull_layout_and_second_pull_is_instant(fake, monkeypatch):
     assert sorted(p.name for p in d.iterdir()) == [".lock", gguf.name, gguf.name + ".json", "hf"]
 
     hashed = []
-    real_sha = starter._sha256
-    monkeypatch.setattr(starter, "_sha256", lambda p: hashed.append(p) or real_sha(p))
+    real_sha = starter.sha256_of
+    monkeypatch.setattr(starter, "sha256_of", lambda p: hashed.append(p) or real_sha(p))
     messages = []
     assert starter.pull(progress=messages.append) == (gguf, hf)
     assert hashed == []  # size+mtime matched the stamp: no re-hash
