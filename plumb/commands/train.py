@@ -62,12 +62,17 @@ def _option(text: str) -> tuple[str, Any]:
 @click.option("--fresh", is_flag=True, help="Train anew even if an identical run already finished.")
 @click.option("--gguf", is_flag=True, help="Also write the adapter as a GGUF LoRA for llama.cpp.")
 @click.option("--eval", "eval_path", type=click.Path(dir_okay=False), help="Held-out JSONL to evaluate on.")
+@click.option("--tasks", "tasks_path", type=click.Path(dir_okay=False),
+              help="grpo: JSONL of tasks (prompts with answer/tests/schema/meta); default: the workspace's prompts.")
+@click.option("--reward", "rewards", multiple=True, metavar="NAME[=WEIGHT]",
+              help="grpo: a verifier to optimize and its weight (repeatable); reward-model:PATH for a reward model.")
 @click.option("--in-process", is_flag=True, help="Train in this process instead of a child process.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final metrics as JSON.")
 @click.pass_context
 def train(ctx: click.Context, method: str, policy: str | None, data_src: str, config_path: str | None,
           extra: tuple[str, ...], out_dir: str | None, resume: bool, fresh: bool, gguf: bool,
-          eval_path: str | None, in_process: bool, as_json: bool, **flags: Any) -> None:
+          eval_path: str | None, tasks_path: str | None, rewards: tuple[str, ...], in_process: bool, as_json: bool,
+          **flags: Any) -> None:
     """Tune a LoRA adapter with METHOD (dpo, ipo, hinge, kto, orpo, sft, or a plugin's).
 
     \b
@@ -75,6 +80,8 @@ def train(ctx: click.Context, method: str, policy: str | None, data_src: str, co
     plumb train dpo --data pairs.jsonl --steps 200 --eval heldout.jsonl
     plumb train sft --policy hf:./my-model --config run.toml --gguf
     plumb train dpo --out adapters/dpo-1 --resume    # after a crash
+    plumb train grpo --tasks math.jsonl --reward numeric --reward length=0.2 --steps 100
+    plumb train reward-model                         # then: plumb train grpo --reward reward-model:PATH
     """
     from plumb.pipeline import train as stage
 
@@ -84,8 +91,9 @@ def train(ctx: click.Context, method: str, policy: str | None, data_src: str, co
         config["resume"] = True
     if gguf:
         config["gguf"] = True
-    opts = stage.TrainOptions(method, policy, data_src, eval_path, config, out_dir, fresh, not in_process)
-    with session_from(ctx, scratch_ok=data_src != "workspace") as session:
+    opts = stage.TrainOptions(method, policy, data_src, eval_path, config, out_dir, fresh, not in_process,
+                              tasks=tasks_path, rewards=list(rewards))
+    with session_from(ctx, scratch_ok=data_src != "workspace" or tasks_path is not None) as session:
         stage.validate(session, opts)  # before anything loads
         with Progress(quiet=as_json) as show:
             try:
@@ -99,7 +107,8 @@ def train(ctx: click.Context, method: str, policy: str | None, data_src: str, co
         return
     m = done.metrics
     summary = "  ".join(f"{k} {m[k]:.4f}" for k in ("loss", "rewards/accuracies", "eval/rewards/accuracies",
-                                                     "eval/loss") if k in m)
+                                                     "eval/loss", "reward", "kl", "eval/reward", "eval/signal",
+                                                     "best/step", "accuracy", "eval/accuracy") if k in m)
     click.echo(f"Adapter: {done.adapter_dir}" + (f"  (run {done.run_id}" + (", reused)" if done.skipped else ")")
                                                  if done.run_id else ""))
     for kind, path in done.artifacts[1:]:

@@ -38,6 +38,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plumb.plugins.preference",
     "plumb.plugins.cai",
     "plumb.plugins.judge",
+    "plumb.plugins.grpo",
+    "plumb.plugins.reward_model",
 )
 ENTRY_POINT_GROUP = "plumb"
 

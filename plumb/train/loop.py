@@ -49,10 +49,11 @@ from plumb.train.logps import completion_logps
 # -- the policy: HF causal LM + LoRA -----------------------------------------------------
 
 
-def load_policy(target: str, cfg: TrainConfig, device: str):
-    """(peft model, tokenizer) for an HF model directory or hub id."""
+def load_policy(target: str, cfg: TrainConfig, device: str, task: str = "CAUSAL_LM"):
+    """(peft model, tokenizer) for an HF model directory or hub id. ``task = "SEQ_CLS"`` loads it with a
+    scalar head instead of the LM head (a reward model; peft trains the head along with the LoRA)."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # plumb draws its own progress
@@ -64,7 +65,10 @@ def load_policy(target: str, cfg: TrainConfig, device: str):
                          "directory needs its tokenizer files (tokenizer.json, tokenizer_config.json) next to "
                          "config.json; save them with tokenizer.save_pretrained(DIR).", exit_code=2) from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
+        if task == "SEQ_CLS":
+            model = AutoModelForSequenceClassification.from_pretrained(target, dtype=torch.float32, num_labels=1)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
     except (ValueError, KeyError) as exc:
         raise PlumbError(f"{target}: unsupported model architecture ({str(exc).splitlines()[0][:200]}). plumb "
                          "trains causal language models that transformers' AutoModelForCausalLM loads "
@@ -82,7 +86,7 @@ def load_policy(target: str, cfg: TrainConfig, device: str):
                          "in the run config (--config run.toml).", exit_code=2)
     torch.manual_seed(cfg.seed)  # lora_A's init
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
+                      target_modules=targets, task_type=task)
     with warnings.catch_warnings():  # peft 0.21 reads transformers 5's deprecated is_gradient_checkpointing
         warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
         model = get_peft_model(model, lora).to(device)
