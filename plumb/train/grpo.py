@@ -51,17 +51,15 @@ import json
 import math
 import random
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from plumb.core.context import Cancelled
 from plumb.core.errors import PlumbError
 from plumb.core.records import Event, RunResult, RunSpec, SamplingParams
 from plumb.train import checkpoint, data, grpo_eval
-from plumb.train.loop import _oom, get_lr, load_policy, peak_memory_mb
+from plumb.train.loop import _oom, end_step, get_lr, load_policy, peak_memory_mb, runtime, write_adapter
 from plumb.train.options import GRPOConfig
 from plumb.train.rollouts import (HFSampler, LlamaSampler, RolloutLog, base_gguf, batch_of, gap_candidates,
                                   reward_metrics, row_logps, sampler_gap, score, task_of, token_logps)
@@ -160,14 +158,7 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
         if ctx.pm is not None:
             ctx.pm.registry.check_verifier(name)
 
-    # seed, device, precision
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    use_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    device, autocast = runtime(cfg)
 
     # tasks: the training prompts and the held-out ones
     rows, held_rows = list(run.data), list(run.eval_data)
@@ -338,23 +329,10 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
             raise PlumbError(grpo_eval.no_signal(zero_streak, metrics, cfg))
         if zero_streak == max(2, cfg.zero_spread_patience // 2):
             log("warning: " + grpo_eval.no_signal(zero_streak, metrics, cfg))
-        stop = ctx.cancelled()
-        if step % cfg.checkpoint_every == 0 or step == total or stop:
-            log(f"checkpoint {save_checkpoint(step)}")
-        if stop and step < total:
-            raise Cancelled(f"stopped at step {step} of {total}; the checkpoint is in {out / 'checkpoints'} "
-                            "and resume continues from it.")
+        end_step(ctx, step, total, cfg.checkpoint_every, save_checkpoint, log)
 
-    # the adapter (peft format), written then renamed; the report of the held-out evaluations
-    adapter = out / "adapter"
-    tmp = out / ".adapter.tmp"
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if adapter.exists():
-        import shutil
-
-        shutil.rmtree(adapter)
-    tmp.rename(adapter)
+    # the adapter; the report of the held-out evaluations
+    adapter = write_adapter(model, tokenizer, out)
     artifacts = [("adapter", str(adapter)), ("rollouts", str(rollout_log.path))]
     artifacts += watch.finish(out, tokenizer)
     return RunResult(str(adapter), {**metrics, **watch.final_metrics()}, artifacts)

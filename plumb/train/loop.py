@@ -282,6 +282,51 @@ def _oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
+def runtime(cfg) -> tuple[str, Any]:
+    """Seed Python's and torch's RNGs from ``cfg.seed``; the device (``cfg.device``, else CUDA when there is
+    one) and an autocast factory (bf16 on a CUDA device that has it, else a no-op). Every loop starts here."""
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    use_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+    return device, autocast
+
+
+def end_step(ctx, step: int, total: int, every: int, save, log) -> None:
+    """After a step: a checkpoint (``save(step)``) every ``every`` steps, at the last one and when a cancel
+    was asked; a cancel then stops the run with ``Cancelled``, and resume continues from that checkpoint."""
+    stop = ctx is not None and ctx.cancelled()
+    if step % every == 0 or step == total or stop:
+        path = save(step)
+        log(f"checkpoint {path}")
+    if stop and step < total:
+        raise Cancelled(f"stopped at step {step} of {total}; the checkpoint is in {path.parent} "
+                        "and resume continues from it.")
+
+
+def write_adapter(model, tokenizer, out: Path, files: dict[str, str] | None = None) -> Path:
+    """The adapter (peft format, loads with ``PeftModel.from_pretrained``) and the tokenizer into
+    ``out/adapter``, written beside it and then renamed, so a crash never leaves half an adapter; ``files``
+    (name -> text) are written into it too."""
+    import shutil
+
+    adapter, tmp = out / "adapter", out / ".adapter.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    for name, text in (files or {}).items():
+        (tmp / name).write_text(text)
+    if adapter.exists():
+        shutil.rmtree(adapter)
+    tmp.rename(adapter)
+    return adapter
+
+
 def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> RunResult:
     """Train ``run.policy`` with ``run.method`` on ``run.data``; write the adapter
     to ``run.out_dir/adapter``. ``ctx`` (a HookContext) receives the events and
@@ -297,14 +342,7 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
     def log(message: str) -> None:
         emit(Event("log", run.run_id, message=message))
 
-    # seed, device, precision
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    use_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    device, autocast = runtime(cfg)
 
     # the policy: base weights frozen, LoRA adapter trainable; the reference is the same model, adapter off
     if policy is None:
@@ -435,23 +473,9 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
         if step == total and eval_examples:
             metrics.update(evaluate(model, eval_examples, eval_ref, cfg, pad_id, device, autocast))
         emit(Event("metric", run.run_id, step, total, values=metrics))
-        stop = ctx is not None and ctx.cancelled()
-        if step % cfg.checkpoint_every == 0 or step == total or stop:
-            log(f"checkpoint {save_checkpoint(step)}")
-        if stop and step < total:
-            raise Cancelled(f"stopped at step {step} of {total}; the checkpoint is in {out / 'checkpoints'} "
-                            "and resume continues from it.")
+        end_step(ctx, step, total, cfg.checkpoint_every, save_checkpoint, log)
 
-    # the adapter (peft format, loads with PeftModel.from_pretrained), written then renamed
-    adapter = out / "adapter"
-    tmp = out / ".adapter.tmp"
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if adapter.exists():
-        import shutil
-
-        shutil.rmtree(adapter)
-    tmp.rename(adapter)
+    adapter = write_adapter(model, tokenizer, out)
     if not metrics and eval_examples:  # resumed a finished run
         metrics = evaluate(model, eval_examples, eval_ref, cfg, pad_id, device, autocast)
     return RunResult(str(adapter), {**metrics, **{f"data/{k}": float(v) for k, v in counts.items()}},

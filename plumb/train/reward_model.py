@@ -38,18 +38,16 @@ import math
 import random
 import time
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from plumb.core.context import Cancelled
 from plumb.core.errors import PlumbError
 from plumb.core.records import Event, RunResult, RunSpec
 from plumb.train import checkpoint, data
-from plumb.train.loop import _oom, get_lr, load_policy, peak_memory_mb
+from plumb.train.loop import _oom, end_step, get_lr, load_policy, peak_memory_mb, runtime, write_adapter
 from plumb.train.options import RewardModelConfig
 
 MIN_PAIRS = 8
@@ -135,13 +133,7 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
     def log(message: str) -> None:
         emit(Event("log", run.run_id, message=message))
 
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    use_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    device, autocast = runtime(cfg)
 
     if len(run.data) + len(run.eval_data) < MIN_PAIRS:
         raise PlumbError(f"a reward model needs at least {MIN_PAIRS} preference pairs; got "
@@ -254,24 +246,12 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
         if held and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total):
             metrics.update(evaluate(model, held, cfg, pad_id, device))
         emit(Event("metric", run.run_id, step, total, values=metrics))
-        stop = ctx is not None and ctx.cancelled()
-        if step % cfg.checkpoint_every == 0 or step == total or stop:
-            log(f"checkpoint {save_checkpoint(step)}")
-        if stop and step < total:
-            raise Cancelled(f"stopped at step {step} of {total}; the checkpoint is in {out / 'checkpoints'} "
-                            "and resume continues from it.")
+        end_step(ctx, step, total, cfg.checkpoint_every, save_checkpoint, log)
 
     # the reward model: the peft adapter (LoRA + head) and what the verifier needs to load it
-    adapter, tmp = out / "adapter", out / ".adapter.tmp"
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / META).write_text(json.dumps({"format": "plumb-reward-model/1", "base": str(run.policy.target),
-                                        "max_length": cfg.max_length, "metrics": metrics}, indent=2))
-    if adapter.exists():
-        import shutil
-
-        shutil.rmtree(adapter)
-    tmp.rename(adapter)
+    meta = {"format": "plumb-reward-model/1", "base": str(run.policy.target), "max_length": cfg.max_length,
+            "metrics": metrics}
+    adapter = write_adapter(model, tokenizer, out, {META: json.dumps(meta, indent=2)})
     if not metrics and held:  # resumed a finished run
         metrics = evaluate(model, held, cfg, pad_id, device)
     return RunResult(str(adapter), {**metrics, **{f"data/{k}": float(v) for k, v in counts.items()}},
