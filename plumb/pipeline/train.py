@@ -225,7 +225,7 @@ def train(session: Session, opts: TrainOptions, sink: EventSink | None = None) -
         return Trained(earlier["id"], earlier["out_dir"], str(Path(earlier["out_dir"]) / "adapter"),
                        json.loads(earlier["final_metrics"] or "{}"), artifacts, skipped=True)
     out_dir = opts.out_dir or (earlier["out_dir"] if earlier is not None else
-                               str(session.ws.adapters_dir / f"{opts.method}-{time.strftime('%Y%m%d-%H%M%S')}"))
+                               _new_dir(session.ws.adapters_dir / f"{opts.method}-{time.strftime('%Y%m%d-%H%M%S')}"))
     from plumb.train import checkpoint  # light: torch is imported inside its functions only
 
     if checkpoint.latest(out_dir) is not None and not opts.fresh:
@@ -250,6 +250,16 @@ def train(session: Session, opts: TrainOptions, sink: EventSink | None = None) -
                 _ingest(session, handle.run_id, out_dir, prov, emit)
         handle.finish(result.metrics, result.artifacts)
     return Trained(handle.run_id, out_dir, result.adapter_dir, result.metrics, result.artifacts)
+
+
+def _new_dir(base: Path) -> str:
+    """``base``, or ``base-2``, ``base-3``... when a run started in the same second already took it (its
+    checkpoints must never be resumed by another run)."""
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return str(path)
 
 
 def _ingest(session: Session, run_id: int, out_dir: str, prov: Provenance, emit: EventSink) -> None:
