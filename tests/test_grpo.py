@@ -360,3 +360,29 @@ def test_plumb_train_grpo_stores_every_rollout(flat_model, tmp_path, runner, wor
         failed = store.one("SELECT * FROM runs ORDER BY id DESC LIMIT 1")
         assert failed["status"] == "failed"
         assert store.one("SELECT count(*) FROM rollouts WHERE run_id = ?", (failed["id"],))[0] == 2 * 2 * 4
+
+
+def test_the_verifier_tutorial_runs_grpo_on_the_example_plugin(flat_model, runner, workspace):
+    """The README's tutorial, from the example file to a GRPO run on it: examples/typed_code.py listed in
+    plumb.toml, examples/code_tasks.jsonl as the tasks, --reward typed-code; every rollout scored by it."""
+    import shutil
+
+    from plumb.cli import cli
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    shutil.copy(root / "typed_code.py", workspace.root / "typed_code.py")
+    toml = workspace.root / "plumb.toml"
+    toml.write_text(toml.read_text().replace("plugins = []", 'plugins = ["./typed_code.py"]'))
+    res = runner.invoke(cli, ["plugins"])
+    assert res.exit_code == 0 and "typed-code" in res.output
+    res = runner.invoke(cli, ["train", "grpo", "--policy", f"hf:{flat_model}", "--tasks", str(root / "code_tasks.jsonl"),
+                              "--reward", "typed-code", "--steps", "2", "--in-process", "-o", "rollouts=\"hf\"",
+                              "-o", "max_completion_length=6", "-o", "eval_every=0", "--json"])
+    assert res.exit_code == 0, res.output
+    run_id = json.loads(res.output[res.output.index("{"):])["run_id"]
+    with workspace.store() as store:
+        assert store.one("SELECT status FROM runs WHERE id = ?", (run_id,))[0] == "done"
+        n = store.one("SELECT count(*) FROM rollouts WHERE run_id = ?", (run_id,))[0]
+        scored = store.one("SELECT count(*) FROM rewards r JOIN rollouts o ON o.sample_id = r.sample_id "
+                           "WHERE o.run_id = ? AND r.verifier = 'typed-code'", (run_id,))[0]
+    assert n == 2 * 2 * 4 and scored == n  # every rollout carries its typed-code reward
