@@ -147,3 +147,166 @@ def test_a_training_child_killed_by_sigkill_leaves_the_ui_running_and_the_run_fa
         assert "stopped" in text(app, "#train-status")
 
     run(app, body)
+
+
+# -- methods on tasks (GRPO): rewards, tasks file, their charts, the time per step ----------------------------
+
+
+def test_grpo_gets_a_rewards_field_whose_errors_are_notifications_and_whose_value_reaches_train_options(ws):
+    from textual.widgets import Select
+
+    from plumb.pipeline.train import validate
+
+    app = make_app(ws.root, "train")
+
+    async def body(pilot):
+        notes = record_notes(app)
+        screen = app.screen
+        await until(pilot, lambda: screen.form_method == "dpo", what="the dpo options")
+        assert not screen.query_one("#task-fields").display  # dpo trains on pairs: no rewards
+        screen.query_one("#method", Select).value = "grpo"
+        await until(pilot, lambda: screen.form_method == "grpo", what="the grpo options")
+        assert screen.query_one("#task-fields").display
+        assert screen.query("#opt-num_generations") and not screen.query("#opt-rewards")
+        fill(screen, policy="hf:.", rewards="max_words=1, no_such_verifier=2", **{"opt-steps": "2"})
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: any(sev == "error" for _, sev in notes), what="the refusal")
+        assert any("no_such_verifier" in msg and "max_words" in msg for msg, _ in notes)  # names the known ones
+        assert screen.running is None and app.session.store.one("SELECT count(*) FROM runs")[0] == 0
+        notes.clear()
+        fill(screen, rewards="")
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: any(sev == "error" for _, sev in notes), what="the refusal")
+        assert any("needs rewards" in msg for msg, _ in notes) and screen.running is None
+        notes.clear()
+        fill(screen, rewards="max_words=1,  no_exclamation = 0.5", tasks="missing.jsonl")
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: any(sev == "error" for _, sev in notes), what="the refusal")
+        assert any("missing.jsonl" in msg for msg, _ in notes) and screen.running is None
+        (ws.root / "tasks.jsonl").write_text(json.dumps({"prompt": "Say red.", "answer": "red"}) + "\n")
+        fill(screen, tasks="tasks.jsonl")
+        opts = screen.options()
+        assert opts.method == "grpo" and opts.rewards == ["max_words=1", "no_exclamation=0.5"]
+        assert opts.tasks == str(ws.root / "tasks.jsonl") and opts.config["steps"] == 2
+        assert validate(app.session, opts)["rewards"] == {"max_words": 1.0, "no_exclamation": 0.5}
+        assert app.session.store.one("SELECT count(*) FROM runs")[0] == 0
+
+    run(app, body)
+
+
+TASKY = '''
+import time
+from typing import ClassVar
+from pydantic import BaseModel, ConfigDict, Field
+from plumb import hookimpl
+from plumb.core.records import Event, RunResult
+
+class TaskyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    DATA: ClassVar[str] = "tasks"
+    method: str = "tasky"
+    steps: int = Field(4, ge=1)
+    rewards: dict[str, float] = Field(default_factory=dict)
+    checks: list = Field(default_factory=list)
+
+@hookimpl
+def plumb_register_methods(register):
+    register("tasky", "a GRPO-shaped method: tasks, reward weights, a step every 0.3 s", options=TaskyConfig)
+
+@hookimpl
+def plumb_optimize(ctx, method, run):
+    if method != "tasky":
+        return None
+    total = run.config["steps"]
+    ctx.emit(Event("log", run.run_id, message=f"{len(run.data)} tasks; rewards {run.config['rewards']}"))
+    for step in range(1, total + 1):
+        time.sleep(0.3)
+        ctx.emit(Event("metric", run.run_id, step, total, values={"loss": 0.1 * step, "reward": 0.2 * step,
+                                                                   "kl": 0.01 * step, "reward_std": 0.5}))
+    return RunResult(run.out_dir, {"reward": 0.2 * total})
+'''
+
+
+def test_a_run_on_tasks_charts_its_reward_and_kl_and_estimates_the_time_left(ws):
+    from textual.widgets import Select
+
+    from plumb.tui.widgets.run_charts import RunCharts
+
+    use_plugins(ws, {"tasky.py": TASKY})
+    app = make_app(ws.root, "train")
+
+    async def body(pilot):
+        screen = app.screen
+        statuses: list[str] = []
+        shown = screen.status
+        screen.status = lambda text: (statuses.append(str(text)), shown(text))[1]
+        screen.query_one("#method", Select).value = "tasky"
+        await until(pilot, lambda: screen.form_method == "tasky", what="the tasky options")
+        fill(screen, policy="hf:.", rewards="max_words=1")
+        charts = screen.query_one(RunCharts)
+        assert charts.shown == ["loss", "rewards/accuracies", "rewards/margins"]  # before a run: the DPO charts
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: screen.running is not None, what="the run to start")
+        await until(pilot, lambda: screen.running is None, timeout=120, what="the run to finish")
+        assert "done" in text(app, "#train-status"), text(app, "#train-log")
+        assert charts.shown == ["loss", "reward", "kl"]
+        assert charts.chart("reward").points == [(1, 0.2), (2, 0.4), (3, 0.2 * 3), (4, 0.8)]
+        assert [s for s, _ in charts.chart("kl").points] == [1, 2, 3, 4]
+        first = next(s for s in statuses if "step 1/4" in s)
+        assert "s/step" in first and "left" in first  # an estimate from the first step on
+        run_row = app.session.store.one("SELECT * FROM runs ORDER BY id DESC LIMIT 1")
+        assert run_row["status"] == "done" and json.loads(run_row["config"])["rewards"] == {"max_words": 1.0}
+
+    run(app, body)
+
+
+def test_the_step_clock_times_the_first_step_then_averages():
+    from plumb.tui.screens.train import StepClock
+
+    clock = StepClock()
+    assert clock.estimate(0, 10) == ""
+    clock.saw("stage", None, 90.0)
+    clock.saw("log", None, 100.0)  # the trainer's last word before its loop
+    clock.saw("metric", 0, 104.0)  # a step-0 evaluation is not a step: the first step is timed from it
+    assert clock.estimate(0, 10) == ""
+    clock.saw("metric", 1, 106.0)
+    assert clock.per_step == 2.0 and clock.estimate(1, 11) == "2 s/step, about 20 s left"
+    clock.saw("progress", 1, 106.1)
+    clock.saw("metric", 3, 109.0)  # from the first step on: (109 - 106) / 2
+    assert clock.per_step == 1.5 and clock.estimate(3, 3) == "1.5 s/step"
+    clock.saw("metric", 41, 166.0)
+    assert clock.estimate(41, 1241) == "1.5 s/step, about 30 min left"
+
+
+def test_the_runs_charts_show_what_each_stored_run_reports(ws):
+    from textual.widgets import DataTable
+
+    from plumb.core.store import Provenance
+    from plumb.tui.widgets.run_charts import RunCharts
+
+    with ws.store() as store:
+        dpo = store.start_run("dpo", {}, "/out/dpo", Provenance(model="hf:x"))
+        grpo = store.start_run("grpo", {}, "/out/grpo", Provenance(model="hf:x"))
+        rm = store.start_run("reward-model", {}, "/out/rm", Provenance(model="hf:x"))
+        for step in (1, 2):
+            store.log_metrics(dpo, step, {"loss": 0.7, "rewards/accuracies": 0.5, "rewards/margins": 0.1})
+            store.log_metrics(grpo, step, {"loss": 0.0, "reward": 0.25 * step, "kl": 0.001 * step,
+                                           "reward_std": 0.3, "eval/reward": 0.1})
+            store.log_metrics(rm, step, {"loss": 0.6, "accuracy": 0.75, "margin": 0.2, "mean_reward": 0.0})
+    app = make_app(ws.root, "runs")
+
+    async def body(pilot):
+        table = app.screen.query_one("#runs", DataTable)
+        charts = app.screen.query_one(RunCharts)
+        await until(pilot, lambda: table.row_count == 3, what="three runs")
+        expected = {rm: ["loss", "accuracy", "margin"], grpo: ["loss", "reward", "kl"],
+                    dpo: ["loss", "rewards/accuracies", "rewards/margins"]}
+        for row, run_id in enumerate((rm, grpo, dpo)):  # newest first
+            table.move_cursor(row=row)
+            await until(pilot, lambda: app.screen.shown == run_id, what=f"run {run_id}")
+            assert charts.shown == expected[run_id]
+        table.move_cursor(row=1)
+        await until(pilot, lambda: charts.shown == expected[grpo], what="the grpo run again")
+        assert charts.chart("reward").points == [(1, 0.25), (2, 0.5)]
+
+    run(app, body)

@@ -27,6 +27,9 @@ llama-cpp-python. What it guarantees:
   one seeded sampler per completion (``llamacpp_batch``). Greedy decoding
   and log-probs keep the one-sequence path: each completion after the
   other, all drawn from one sampler seeded once.
+* **Streaming.** ``stream`` decodes one chat's answer as ``generate`` does
+  and hands the text so far to a callback after every token (a chat UI);
+  an exception the callback raises stops decoding and propagates.
 * **Option log-probs without sampling** (``option_logprobs``): log p(option |
   chat) for a judge's candidate answers ("A", "B", "tie"), each option
   teacher-forced after the prompt, whose prefix cache is reused as above.
@@ -54,7 +57,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from plumb.core.errors import PlumbError
 from plumb.core.hookspecs import hookimpl
@@ -407,8 +410,10 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     return (text[: min(hits)], True) if hits else (text, False)
 
 
-def complete(loaded: Loaded, tokens: list[int], params: SamplingParams, sampler, name: str) -> Completion:
-    """One completion of ``tokens``: decode until EOG, a stop string, max_tokens or a full context."""
+def complete(loaded: Loaded, tokens: list[int], params: SamplingParams, sampler, name: str,
+             on_text: Callable[[str], None] | None = None) -> Completion:
+    """One completion of ``tokens``: decode until EOG, a stop string, max_tokens or a full context;
+    ``on_text`` (if given) gets the text so far after every token."""
     import llama_cpp
 
     llm = loaded.llm
@@ -428,6 +433,8 @@ def complete(loaded: Loaded, tokens: list[int], params: SamplingParams, sampler,
             break
         out.append(tok)
         text, stopped = cut_at_stop(llm.detokenize(out).decode("utf-8", "replace"), params.stop)
+        if on_text is not None:
+            on_text(text)
         if stopped:
             finish = "stop"
             break
@@ -445,7 +452,7 @@ def _generate(spec: ModelSpec, chats: list[Chat], params: SamplingParams, n_ctx:
     loaded = load(spec.target, n_ctx)
     set_adapter(loaded, spec.lora, spec.lora_scale if spec.lora else 0.0)
     prompts = fit_prompts(spec, loaded, chats)
-    name = str(spec) + (f"@{spec.lora_scale:g}" if spec.lora and spec.lora_scale != 1.0 else "")
+    name = _name(spec)
     if batched is None:
         batched = params.temperature > 0 and not params.logprobs and params.n * len(prompts) > 1
     if batched:
@@ -461,6 +468,11 @@ def _generate(spec: ModelSpec, chats: list[Chat], params: SamplingParams, n_ctx:
         llama_cpp.llama_sampler_free(sampler)
 
 
+def _name(spec: ModelSpec) -> str:
+    """The model name completions carry: the spec, with the adapter's scale unless it is 1."""
+    return str(spec) + (f"@{spec.lora_scale:g}" if spec.lora and spec.lora_scale != 1.0 else "")
+
+
 def generate(spec: ModelSpec, chats: list[Chat], params: SamplingParams, n_ctx: int | None = None,
              batched: bool | None = None) -> list[list[Completion]]:
     """One list of ``params.n`` completions per chat (one caller at a time: the model and its cache are shared).
@@ -470,3 +482,21 @@ def generate(spec: ModelSpec, chats: list[Chat], params: SamplingParams, n_ctx: 
     the other from one sampler seeded once. True forces the batched decoder, False the other."""
     with _LOCK:
         return _generate(spec, chats, params, n_ctx, batched)
+
+
+def stream(spec: ModelSpec, chat: Chat, params: SamplingParams, on_text: Callable[[str], None],
+           n_ctx: int | None = None) -> Completion:
+    """One completion of ``chat`` (``params.n`` is ignored), decoded as ``generate`` decodes one sequence,
+    with ``on_text(text so far)`` called after every token. An exception raised by ``on_text`` (a UI's
+    cancel) stops decoding and propagates; the model and its cache stay usable."""
+    import llama_cpp
+
+    with _LOCK:
+        loaded = load(spec.target, n_ctx)
+        set_adapter(loaded, spec.lora, spec.lora_scale if spec.lora else 0.0)
+        (tokens,) = fit_prompts(spec, loaded, [chat])
+        sampler = make_sampler(params, params.seed)
+        try:
+            return complete(loaded, tokens, params, sampler, _name(spec), on_text)
+        finally:
+            llama_cpp.llama_sampler_free(sampler)

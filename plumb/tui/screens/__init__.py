@@ -20,10 +20,10 @@ class ScreenInfo(NamedTuple):
 SCREENS: dict[str, ScreenInfo] = {
     "home": ScreenInfo("1", "Home", "the constitution, models, counts and the next step"),
     "constitution": ScreenInfo("2", "Constitution", "edit and validate the constitution"),
-    "generate": ScreenInfo("3", "Generate", "sample answers to the workspace's prompts"),
+    "generate": ScreenInfo("3", "Generate", "sample answers, critique and revise them"),
     "label": ScreenInfo("4", "Label", "choose the better of two answers"),
     "train": ScreenInfo("5", "Train", "train a LoRA adapter with live charts"),
-    "compare": ScreenInfo("6", "Compare", "base vs tuned, side by side or blind"),
+    "compare": ScreenInfo("6", "Compare", "base vs tuned: side by side, blind, or a chat"),
     "runs": ScreenInfo("7", "Runs", "past training runs and their metrics"),
     "plugins": ScreenInfo("8", "Plugins", "installed plugins and what they offer"),
 }

@@ -8,6 +8,11 @@ as a human judgment by ``pipeline.label.record`` (a = base, b = tuned) and the
 tuned model's win rate over base is kept with its counts and a 95% Wilson
 interval. Answers are stored as samples with the compare stage's provenance,
 so the two reuse each other's answers.
+
+Chat (``ctrl+n``, ``widgets/chat_panel.py``) talks to one side at a time from
+the same loaded GGUF, the reply streaming in as it is decoded; ``ctrl+t``
+switches between base and tuned (the adapter at scale 0 or 1), ``ctrl+l``
+clears the conversation. Chat turns are not stored.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from textual.widgets import Input, Static
 from plumb.core.errors import PlumbError
 from plumb.tui.screens.base import PlumbScreen
 from plumb.tui.widgets.answer_pair import AnswerPair
+from plumb.tui.widgets.chat_panel import ChatPanel
 from plumb.tui.widgets.field_row import FieldRow
 
 CHOICE = {"a": "first", "b": "second", "tie": "tie"}
+READY = "ctrl+r: base and tuned side by side.  ctrl+b: blind A/B, then a, b or t.  ctrl+n: chat."
 
 
 @dataclass
@@ -110,6 +117,9 @@ class CompareScreen(PlumbScreen):
         Binding("a", "choose('a')", "A is better"),
         Binding("b", "choose('b')", "B is better"),
         Binding("t", "choose('tie')", "Tie"),
+        Binding("ctrl+n", "chat", "Chat"),
+        Binding("ctrl+t", "chat_side", "Chat base/tuned"),
+        Binding("ctrl+l", "chat_clear", "Clear chat"),
     ]
 
     def __init__(self) -> None:
@@ -117,6 +127,7 @@ class CompareScreen(PlumbScreen):
         self.answers: Answers | None = None
         self.blind = False  # the answers on screen are a blind trial waiting for a verdict
         self.swapped = False  # True: the tuned answer is shown as A
+        self.chatting = False  # the chat is shown instead of the side-by-side answers
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """a, b and t are shown (and work) only while a blind trial waits for a verdict (False hides them)."""
@@ -126,10 +137,10 @@ class CompareScreen(PlumbScreen):
         yield FieldRow("base GGUF", id="base", placeholder="the model the adapter was trained on, .gguf")
         yield FieldRow("adapter GGUF", id="adapter", placeholder="the tuned GGUF LoRA (a run's adapter.gguf)")
         yield FieldRow("prompt", id="prompt", placeholder="blind A/B with no prompt: the next eval prompt")
-        yield Static("ctrl+r: base and tuned side by side.  ctrl+b: blind A/B, then a, b or t.",
-                     id="cmp-status", classes="status")
+        yield Static(READY, id="cmp-status", classes="status")
         yield AnswerPair(id="cmp-pair")
         yield Static(id="winrate", classes="status")
+        yield ChatPanel(self.chat_models, id="chat")
 
     def on_mount(self) -> None:
         self.query_one("#base", Input).value = self._default_base()
@@ -167,6 +178,7 @@ class CompareScreen(PlumbScreen):
         paths = self._paths()
         if paths is None:
             return
+        self.show_chat(False)
         text = self.query_one("#prompt", Input).value.strip()
         if not text and not blind:
             self.fail("cannot ask", "type a prompt first")
@@ -249,6 +261,39 @@ class CompareScreen(PlumbScreen):
         self.query_one("#winrate", Static).update(
             f"[b]Tuned vs base[/] (your blind verdicts): tuned {tuned}, base {base}, ties {ties}; "
             f"tuned win rate [b]{rate:.0%}[/] (95% interval {lo:.0%}-{hi:.0%}, n={n}, a tie counts half)")
+
+    # -- chat ---------------------------------------------------------------------------------
+
+    def action_chat(self) -> None:
+        """Show the chat (its input focused), or the side-by-side answers again."""
+        self.show_chat(not self.chatting)
+
+    def show_chat(self, chatting: bool) -> None:
+        self.chatting = chatting
+        self.query_one(ChatPanel).display = chatting
+        self.query_one("#prompt", Input).parent.display = not chatting
+        self.query_one("#cmp-pair").display = not chatting and self.answers is not None
+        self.query_one("#winrate").display = not chatting
+        if chatting:
+            self.query_one("#chat-input", Input).focus()
+            self.status("Chat: the base GGUF is loaded once, its adapter on (tuned) or off (base). "
+                        "ctrl+n: back to compare.")
+        else:
+            if self.focused is self.query_one("#chat-input"):
+                self.set_focus(None)  # back to the keys of compare
+            self.status(READY)
+
+    def action_chat_side(self) -> None:
+        self.query_one(ChatPanel).switch_side()
+        self.show_chat(True)
+
+    def action_chat_clear(self) -> None:
+        self.query_one(ChatPanel).clear()
+        self.show_chat(True)
+
+    def chat_models(self) -> tuple[str, str]:
+        """(base GGUF, adapter GGUF) as typed, for the chat."""
+        return self.query_one("#base", Input).value.strip(), self.query_one("#adapter", Input).value.strip()
 
     def set_blind(self, blind: bool) -> None:
         self.blind = blind

@@ -7,10 +7,18 @@ it (the child checkpoints and the run is marked interrupted); training again
 with the same settings resumes that run from its last checkpoint. A child that
 crashes or is killed leaves the UI running; the run is marked failed with its
 last log lines, shown here as a notification.
+
+A method whose options declare ``DATA = "tasks"`` (GRPO) also gets a rewards
+field (``NAME=WEIGHT, NAME2=WEIGHT``: the verifiers to optimize) and an
+optional tasks file; ``pipeline.train.validate`` checks them (a verifier no
+plugin offers, no rewards at all) and its refusal is a notification. The
+charts show the metrics the run reports, and the status line the seconds per
+step and the time left, once the first step is in.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from textual import on, work
@@ -27,6 +35,55 @@ from plumb.tui.widgets.form import Form
 from plumb.tui.widgets.run_charts import RunCharts
 from plumb.tui.widgets.options_form import OptionsForm, parse_value
 
+
+def on_tasks(entry: Any) -> bool:
+    """Whether a registered method trains on tasks with reward weights (its options say ``DATA = "tasks"``)."""
+    return getattr(getattr(entry, "impl", None), "DATA", None) == "tasks"
+
+
+def parse_rewards(text: str) -> list[str]:
+    """``"NAME=WEIGHT, NAME2=WEIGHT"`` as ``["NAME=WEIGHT", "NAME2=WEIGHT"]`` (a bare NAME weighs 1)."""
+    items = [item.strip().replace(" ", "") for item in text.split(",")]
+    return [item for item in items if item]
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class StepClock:
+    """Seconds per step from the events' timestamps. The first step of this process is timed from the
+    event just before it (the trainer's last word before its loop: rows ready, resumed, a step-0
+    evaluation); later ones from the first step on, so the estimate settles as steps come in."""
+
+    def __init__(self) -> None:
+        self.mark: float | None = None  # the last event before the first step
+        self.first: tuple[int, float] | None = None  # (step, time) of the first step
+        self.per_step: float | None = None
+
+    def saw(self, kind: str, step: int | None, ts: float) -> None:
+        if kind == "metric" and step:
+            if self.first is None:
+                self.first = (step, ts)
+                if self.mark is not None:
+                    self.per_step = max(ts - self.mark, 0.0)
+            elif step > self.first[0]:
+                self.per_step = (ts - self.first[1]) / (step - self.first[0])
+        elif self.first is None:
+            self.mark = ts
+
+    def estimate(self, step: int, total: int | None) -> str:
+        """``"2.1 s/step, about 3 min left"`` (empty before the first step is timed)."""
+        if self.per_step is None:
+            return ""
+        left = f", about {duration(self.per_step * (total - step))} left" if total and total > step else ""
+        return f"{self.per_step:.2g} s/step{left}"
+
+
 class TrainScreen(PlumbScreen):
     NAME = "train"
     MIN_WIDTH = 80
@@ -38,6 +95,7 @@ class TrainScreen(PlumbScreen):
         self.running: Any = None  # the work session of the run in progress
         self.run_id: int | None = None
         self.form_method: str | None = None  # the method the options form shows
+        self.clock = StepClock()
 
     def methods(self) -> dict[str, Any]:
         """The training methods the plugins register (none, with a notification, when they conflict)."""
@@ -56,6 +114,9 @@ class TrainScreen(PlumbScreen):
                              id="method", compact=True)
                 yield Static(id="method-help", classes="help")
                 yield FieldRow("policy", id="policy", placeholder="model spec, e.g. hf:DIR")
+                with Vertical(id="task-fields", classes="form"):
+                    yield FieldRow("rewards", id="rewards", placeholder="verifier=1, other=0.5")
+                    yield FieldRow("tasks file", id="tasks", placeholder="default: workspace")
                 yield OptionsForm(id="options")
                 yield Label("Other options (KEY=VALUE ...)")
                 yield Input(id="extra", placeholder="label_smoothing=0.1 warmup_ratio=0", compact=True)
@@ -77,11 +138,13 @@ class TrainScreen(PlumbScreen):
         method = self.query_one("#method", Select).value
         entry = self.methods().get(method) if method is not Select.NULL else None
         self.query_one("#method-help", Static).update(escape(entry.description) if entry else "")
+        self.query_one("#task-fields").display = on_tasks(entry)
         await self.query_one("#options", OptionsForm).set_model(entry.impl if entry else None)
         self.form_method = entry.name if entry else None
 
     def options(self) -> Any:
-        """The TrainOptions the form describes (ValueError when the method is missing)."""
+        """The TrainOptions the form describes: for a method on tasks, with its rewards and tasks file
+        (ValueError when the method is missing or a field cannot be read)."""
         from plumb.pipeline.train import TrainOptions
 
         method = self.query_one("#method", Select).value
@@ -96,7 +159,21 @@ class TrainScreen(PlumbScreen):
                 raise ValueError(f"other options: {item!r} is not KEY=VALUE")
             config[key] = parse_value(value)
         policy = self.query_one("#policy", Input).value.strip() or None
-        return TrainOptions(str(method), policy=policy, config=config, isolate=True)
+        if not on_tasks(self.methods().get(method)):
+            return TrainOptions(str(method), policy=policy, config=config, isolate=True)
+        return TrainOptions(str(method), policy=policy, config=config, isolate=True, tasks=self.tasks_file(),
+                            rewards=parse_rewards(self.query_one("#rewards", Input).value))
+
+    def tasks_file(self) -> str | None:
+        """The tasks file typed (relative to the workspace), None when empty; ValueError when it is missing."""
+        text = self.query_one("#tasks", Input).value.strip()
+        if not text:
+            return None
+        path = Path(text).expanduser()
+        path = path if path.is_absolute() else self.session.root / path
+        if not path.is_file():
+            raise ValueError(f"tasks file: no file {path}")
+        return str(path)
 
     @on(Button.Pressed, "#start")
     def action_start(self) -> None:
@@ -118,6 +195,7 @@ class TrainScreen(PlumbScreen):
         self.query_one("#train-log", RichLog).clear()
         self.status(f"Starting {opts.method}: the training process loads torch and the model...")
         self.run_id = None
+        self.clock = StepClock()
         self.running = self.app.work_session()
         self.run_train(self.running, opts)
 
@@ -149,10 +227,12 @@ class TrainScreen(PlumbScreen):
         log = self.query_one("#train-log", RichLog)
         if event.run_id is not None:
             self.run_id = event.run_id
+        self.clock.saw(event.kind, event.step, event.ts)
         if event.kind == "metric" and event.step is not None:
             self.query_one(RunCharts).add(event.step, event.values)
             of = f"/{event.total}" if event.total else ""
-            self.status(f"run {self.run_id}: step {event.step}{of}")
+            eta = self.clock.estimate(event.step, event.total)
+            self.status(f"run {self.run_id}: step {event.step}{of}" + (f"  ({eta})" if eta else ""))
         elif event.kind == "stage":
             self.status(escape(event.message))
             log.write(f"[b]{escape(event.stage or '')}[/] {escape(event.message)}")

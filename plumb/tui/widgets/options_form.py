@@ -2,8 +2,10 @@
 
 Numbers and text are inputs (empty means the method's default), flags are
 checkboxes. For plumb's own methods the form shows the settings people change
-most; a plugin method's options are shown in full. ``values()`` returns what
-was filled in, parsed like ``plumb train -o KEY=VALUE``.
+most (GRPO's group size among them); a plugin method's simple options are
+shown in full. GRPO's reward weights are not a simple option: the train
+screen has a field of its own for them. ``values()`` returns what was filled
+in, parsed like ``plumb train -o KEY=VALUE``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from textual.widgets import Checkbox, Input
 
 from plumb.tui.widgets.field_row import FieldRow
 
-COMMON = ("steps", "epochs", "batch_size", "grad_accum", "lr", "beta", "max_length", "lora_r", "rpo_alpha",
-          "seed", "checkpoint_every", "gguf")
+COMMON = ("steps", "epochs", "batch_size", "grad_accum", "lr", "beta", "max_length", "num_generations",
+          "prompts_per_step", "lora_r", "rpo_alpha", "seed", "checkpoint_every", "gguf")
 HIDDEN = ("method", "resume")  # set by the stage, not by the person
 SIMPLE = (int, float, str, bool)
 
