@@ -386,3 +386,55 @@ def test_the_verifier_tutorial_runs_grpo_on_the_example_plugin(flat_model, runne
         scored = store.one("SELECT count(*) FROM rewards r JOIN rollouts o ON o.sample_id = r.sample_id "
                            "WHERE o.run_id = ? AND r.verifier = 'typed-code'", (run_id,))[0]
     assert n == 2 * 2 * 4 and scored == n  # every rollout carries its typed-code reward
+
+
+class DigitJudge:
+    """A judge that prefers the answer with more digits (it agrees with the optimized reward), with a
+    backend name of its own; both orders are asked, as the real judge does."""
+
+    @hookimpl
+    def plumb_register_backends(self, register):
+        register("digit-judge", "judges by digits (tests)")
+
+    @hookimpl
+    def plumb_judge(self, ctx, constitution, requests, judge):
+        from plumb.core.records import Judgment
+
+        if judge.backend != "digit-judge":
+            return None
+        self.calls.append((constitution.name, len(requests)))
+        out = []
+        for r in requests:
+            a, b = (sum(c.isdigit() for c in x) for x in (r.a, r.b))
+            winner = "a" if a > b else "b" if b > a else "tie"
+            out.append(Judgment(winner, 1.0 if winner == "a" else 0.0 if winner == "b" else 0.5, str(judge)))
+        return out
+
+    def __init__(self):
+        self.calls = []
+
+
+def test_a_judge_joins_the_held_out_signal(flat_model, tmp_path):
+    from plumb.core.constitution import parse_constitution
+    from plumb.core.plugins import get_plugin_manager
+
+    class DigitsOnly:  # no other verifier: the judge is the only held-out signal
+        @hookimpl
+        def plumb_register_verifiers(self, register):
+            register("digits", "fraction of digits", score=digits)
+
+    pm = get_plugin_manager(entry_points=False)
+    pm.register(DigitsOnly(), name="digits-only")
+    judge = DigitJudge()
+    pm.register(judge, name="digit-judge")
+    const = parse_constitution('name = "digits"\nversion = "1"\ndescription = "d"\n'
+                               '[[principles]]\nid = "digits"\ntext = "Answer in digits."\n')
+    with pytest.raises(PlumbError, match="needs the constitution"):
+        run_grpo(flat_model, tmp_path / "none", pm, 1, judge="digit-judge:x")
+    _, steps, _ = run_grpo(flat_model, tmp_path / "j", pm, 8, held=tasks(6, seed=9), eval_every=8, num_iterations=2,
+                           lr=4e-2, judge="digit-judge:x", constitution=const.model_dump(mode="json"))
+    first, last = steps[0].values, steps[-1].values
+    assert first["eval/judge_win_rate"] == 0.5  # the base against itself: not judged
+    assert last["eval/judge_win_rate"] > 0.6  # more digits than the base's answers, as the judge sees it
+    assert last["eval/signal"] == last["eval/judge_win_rate"] and last["eval/signal_is_proxy"] == 0
+    assert judge.calls == [("digits", 12)]  # once, after training: 6 prompts x 2 samples against the base's

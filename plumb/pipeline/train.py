@@ -154,6 +154,12 @@ def tasks_for(session: Session, opts: TrainOptions, const: Any,
     options["rewards"] = weights
     options["checks"] = [{"principle": p.id, "verifier": c.verifier, "params": dict(c.params)}
                          for p in (const.principles if const is not None else []) for c in p.checks]
+    if options.get("judge"):  # the judge reads the constitution; checked here, before the child starts
+        if const is None:
+            raise PlumbError(f"{opts.method}: judge = {options['judge']!r} needs a constitution to judge against; "
+                             "run it in a workspace (plumb init) or drop the judge.", exit_code=2)
+        session.context().spec(options["judge"])
+        options["constitution"] = const.model_dump(mode="json")
     return rows, held
 
 

@@ -157,6 +157,9 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
     for name in weights:  # before the first rollout (the stage checked already; a direct call too)
         if ctx.pm is not None:
             ctx.pm.registry.check_verifier(name)
+    if cfg.judge and not cfg.constitution:
+        raise PlumbError(f"judge = {cfg.judge!r} needs the constitution it judges against (the train stage sets "
+                         "it from the workspace's).", exit_code=2)
 
     device, autocast = runtime(cfg)
 
@@ -224,7 +227,11 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
 
     def evaluate(step: int) -> dict[str, float]:
         sampler.refresh(step)
-        return grpo_eval.evaluate(ctx, sampler, model, tokenizer, held, cfg, weights, step, autocast)
+        values, texts = grpo_eval.evaluate(ctx, sampler, model, tokenizer, held, cfg, weights, step, autocast,
+                                           watch.base)
+        if watch.base is None and step == 0:  # the base policy's answers: what the judge compares against
+            watch.base = texts
+        return values
 
     model.train()
     metrics: dict[str, float] = {}

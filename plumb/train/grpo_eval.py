@@ -5,9 +5,13 @@ Every ``eval_every`` steps (and at the end) the policy answers held-out prompts
 scored by every verifier and constitution check. Logged beside the proxy
 reward (``eval/reward``, the weighted rewards the run optimizes):
 
-* ``eval/signal``: the mean of the signals the run does *not* optimize (the
-  verifiers and checks without a weight). When there are none it falls back to
-  the held-out proxy reward (``eval/signal_is_proxy`` = 1), said once in the log;
+* ``eval/signal``: the mean of the signals the run does *not* optimize: the
+  verifiers and checks without a weight (their mean), and with a ``judge`` set,
+  ``eval/judge_win_rate`` — each held-out answer judged against the base
+  policy's answer to the same prompt with the same seed (kept from the step-0
+  evaluation), both orders, a tie counting half (0.5 at step 0 by definition).
+  When there are none it falls back to the held-out proxy reward
+  (``eval/signal_is_proxy`` = 1), said once in the log;
 * ``eval/kl``: k3 KL to the reference on the held-out answers;
 * diversity: ``eval/distinct_2`` (distinct word bigrams / bigrams) and
   ``eval/entropy`` (mean token entropy of the policy on its answers).
@@ -29,7 +33,9 @@ from typing import Any
 
 import torch
 
-from plumb.core.records import SamplingParams
+from plumb.core.constitution import Constitution
+from plumb.core.errors import PlumbError
+from plumb.core.records import JudgeRequest, SamplingParams
 from plumb.train.logps import _plain_head
 from plumb.train.rollouts import batch_of, reward_metrics, score, token_logps
 
@@ -65,20 +71,38 @@ def token_stats(model, batch: dict[str, Any], temperature: float = 1.0) -> tuple
     return torch.cat(lps), torch.cat(ents)
 
 
+def judge_win_rate(ctx, cfg, held, rolls, base: list[str]) -> float:
+    """The share of held-out answers the judge prefers to the base policy's answer in the same place (both
+    orders through ``plumb_judge``; a tie or an order-inconsistent verdict counts half)."""
+    requests = [JudgeRequest(held[r.prompt].prompt, r.completion.text, b) for r, b in zip(rolls, base)]
+    const = Constitution.model_validate(cfg.constitution)
+    judgments, _, _ = ctx.pm.first("plumb_judge", ctx=ctx, constitution=const, requests=requests,
+                                   judge=ctx.spec(cfg.judge))
+    if judgments is None:
+        raise PlumbError(f"no installed plugin judges with {cfg.judge} (plumb_judge).")
+    return sum(1.0 if j.winner == "a" else 0.5 if j.winner == "tie" else 0.0 for j in judgments) / len(judgments)
+
+
 def evaluate(ctx, sampler, model, tokenizer, held, cfg, weights: dict[str, float], step: int,
-             autocast) -> dict[str, float]:
-    """Held-out metrics (``eval/...``) of the current policy."""
+             autocast, base: list[str] | None = None) -> tuple[dict[str, float], list[str]]:
+    """Held-out metrics (``eval/...``) of the current policy, and its answers (the base's, at step 0, are
+    what later answers are judged against)."""
     sp = SamplingParams(n=cfg.eval_samples, temperature=cfg.temperature, top_p=cfg.top_p,
                         max_tokens=cfg.max_completion_length, seed=EVAL_SEED)
     rolls = sampler.sample([t.prompt for t in held], sp)
+    texts = [r.completion.text for r in rolls]
     scored = score(ctx, [held[r.prompt] for r in rolls], [r.completion for r in rolls], weights, cfg.checks)
     proxy = [s.reward for s in scored if not math.isnan(s.reward)]
     others = [sum(v.values()) / len(v) for v in (s.values(exclude=set(weights)) for s in scored) if v]
     out = {"eval/reward": sum(proxy) / len(proxy) if proxy else math.nan,
-           **reward_metrics(scored, "eval/"), "eval/distinct_2": distinct_2([r.completion.text for r in rolls]),
+           **reward_metrics(scored, "eval/"), "eval/distinct_2": distinct_2(texts),
            "eval/completions/mean_length": sum(len(r.ids) for r in rolls) / len(rolls)}
-    out["eval/signal"] = sum(others) / len(others) if others else out["eval/reward"]
-    out["eval/signal_is_proxy"] = float(not others)
+    signals = [sum(others) / len(others)] if others else []
+    if cfg.judge:
+        out["eval/judge_win_rate"] = 0.5 if base is None else judge_win_rate(ctx, cfg, held, rolls, base)
+        signals.append(out["eval/judge_win_rate"])
+    out["eval/signal"] = sum(signals) / len(signals) if signals else out["eval/reward"]
+    out["eval/signal_is_proxy"] = float(not signals)
     was_training = model.training
     model.eval()
     kl, ent, n = 0.0, 0.0, 0
@@ -96,7 +120,7 @@ def evaluate(ctx, sampler, model, tokenizer, held, cfg, weights: dict[str, float
             n += lps.numel()
     model.train(was_training)
     out.update({"eval/kl": kl / max(n, 1), "eval/entropy": ent / max(n, 1)})
-    return out
+    return out, texts
 
 
 @dataclass
@@ -107,6 +131,7 @@ class Watch:
     best_step: int | None = None
     best_signal: float = -math.inf
     said_proxy: bool = False
+    base: list[str] | None = None  # the base policy's held-out answers (step 0), for the judge
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,7 +144,8 @@ class Watch:
         """Record an evaluation; warn, and save the best adapter, as it calls for. Adds ``best/...`` and
         ``eval/overoptimization`` to ``metrics``; returns the lines to log."""
         point = {"step": step, "kl": metrics.get("kl", metrics["eval/kl"]), "eval/kl": metrics["eval/kl"],
-                 **{k: metrics[k] for k in ("reward", "eval/reward", "eval/signal", "eval/distinct_2", "eval/entropy")
+                 **{k: metrics[k] for k in ("reward", "eval/reward", "eval/signal", "eval/judge_win_rate",
+                                            "eval/distinct_2", "eval/entropy")
                     if k in metrics}}
         lines = []
         is_proxy = bool(metrics.get("eval/signal_is_proxy"))

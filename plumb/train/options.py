@@ -84,6 +84,8 @@ class GRPOConfig(_Common):
     eval_samples: int = Field(2, ge=1)  # completions per held-out prompt
     holdout: float = Field(0.1, ge=0, lt=1)  # fraction of the tasks held out when no eval set is given
     zero_spread_patience: int = Field(10, ge=0)  # stop after this many steps in a row with nothing to learn
+    judge: str | None = None  # a judge model spec: held-out answers judged against the base's, part of the signal
+    constitution: dict[str, Any] | None = None  # what the judge reads (set by the train stage when judge is set)
     gguf: bool = False
 
     @property
