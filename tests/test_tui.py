@@ -477,6 +477,44 @@ def test_runs_lists_runs_with_status_charts_and_error(ws):
     run(app, body)
 
 
+def test_runs_show_a_runs_report(ws, tmp_path):
+    """A tune run's report.md as written; a GRPO run's report.json as a table of its held-out evaluations."""
+    from textual.widgets import DataTable, Markdown
+
+    md = tmp_path / "report.md"
+    md.write_text("# plumb tune report\n\ntuned beats base")
+    grpo = tmp_path / "report.json"
+    grpo.write_text(json.dumps({"evaluations": [{"step": 0, "kl": 0.0, "eval/reward": 0.2, "eval/signal": 0.5},
+                                                {"step": 8, "kl": 0.05, "eval/reward": 0.8, "eval/signal": 0.41}],
+                                "best": {"step": 0, "signal": 0.5}}))
+    with ws.store() as store:
+        tuned = store.start_run("dpo", {}, "/out/1", Provenance(model="hf:x"))
+        store.finish_run(tuned, "done")
+        store.add_artifact("report", str(md), tuned)
+        rl = store.start_run("grpo", {}, "/out/2", Provenance(model="hf:x"))
+        store.finish_run(rl, "done")
+        store.add_artifact("report", str(grpo), rl)
+        plain = store.start_run("dpo", {}, "/out/3", Provenance(model="hf:x"))
+        store.finish_run(plain, "done")
+    app = make_app(ws.root, "runs")
+
+    def shown() -> str:
+        report = app.screen.query_one("#run-report", Markdown)
+        return report.source if report.display else ""
+
+    async def body(pilot):
+        table = app.screen.query_one("#runs", DataTable)
+        await until(pilot, lambda: table.row_count == 3, what="three runs")
+        assert shown() == ""  # the newest run has no report
+        table.move_cursor(row=1)
+        await until(pilot, lambda: "Held-out evaluations" in shown(), what="the GRPO report")
+        assert "| 8 | 0.05 | 0.8 | 0.41 |" in shown() and "best by the signal: step 0" in shown()
+        table.move_cursor(row=2)
+        await until(pilot, lambda: "tuned beats base" in shown(), what="the tune report")
+
+    run(app, body)
+
+
 @pytest.mark.filterwarnings("ignore::plumb.core.plugins.PluginWarning")
 def test_plugins_lists_builtins_offers_and_a_broken_plugin_with_its_reason(ws):
     from textual.widgets import DataTable

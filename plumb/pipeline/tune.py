@@ -232,6 +232,10 @@ def run(opts: TuneOptions, sink: EventSink | None = None, cancel: threading.Even
                               trained, result, {"mode": mode, "why": why, "kept": len(built.pairs),
                                                 "dropped": dict(built.dropped)},
                               choice, source, seconds)
+        report_md = str(Path(opts.directory).resolve() / "report.md")
+        if session.store.one("SELECT id FROM artifacts WHERE run_id = ? AND kind = 'report' AND path = ?",
+                             (trained.run_id, report_md)) is None:  # a rerun rewrites it, once recorded
+            session.store.add_artifact("report", report_md, trained.run_id)
     emit(Event("done", values={"checks_base": report["eval"]["base"]["checks"].get("all", {}).get("rate", 0),
                                "checks_tuned": report["eval"]["tuned"]["checks"].get("all", {}).get("rate", 0)}))
     return Tuned(str(opts.directory), report)

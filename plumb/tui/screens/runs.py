@@ -1,11 +1,15 @@
-"""Runs: every training run with its status, and the highlighted run's charts, config and error.
+"""Runs: every training run with its status, and the highlighted run's charts, config, error and report.
 
-The list reloads every few seconds while a run is still running.
+The list reloads every few seconds while a run is still running. A run's
+report is its ``report`` artifact: the Markdown report of ``plumb tune`` as it
+is, or GRPO's held-out evaluations (``report.json``) as a table.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 from typing import Any
 
 from rich.text import Text
@@ -14,7 +18,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.markup import escape
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable, Markdown, Static
 
 from plumb.tui.screens.base import PlumbScreen
 from plumb.tui.widgets.run_charts import RunCharts
@@ -38,6 +42,7 @@ class RunsScreen(PlumbScreen):
         yield RunCharts(id="run-charts")
         with VerticalScroll(id="run-detail-box"):
             yield Static("No runs yet: press 5 to train one.", id="run-detail")
+            yield Markdown(id="run-report")
 
     def on_mount(self) -> None:
         self.query_one("#runs", DataTable).add_columns("run", "method", "status", "steps", "loss", "started",
@@ -104,5 +109,39 @@ class RunsScreen(PlumbScreen):
         if run["error"]:
             lines.append(f"[red]{escape(run['error'])}[/]")
         config = json.loads(run["config"] or "{}")
-        lines.append("[dim]config: " + escape(", ".join(f"{k}={v}" for k, v in sorted(config.items()))) + "[/]")
+        lines.append("[dim]config: " + escape(", ".join(f"{k}={v}" for k, v in sorted(config.items())
+                                                        if k not in ("constitution", "checks"))) + "[/]")
         self.query_one("#run-detail", Static).update("\n".join(lines))
+        reports = [a["path"] for a in artifacts if a["kind"] == "report"]
+        report = self.query_one("#run-report", Markdown)
+        report.display = bool(reports)
+        if reports:
+            report.update(report_markdown(Path(reports[-1])))
+
+
+def report_markdown(path: Path) -> str:
+    """A run's report as Markdown: a .md file as it is, GRPO's report.json as a table of its held-out
+    evaluations (proxy reward and the signal it does not optimize, against KL)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        return f"*report {path}: {exc.strerror or exc}*"
+    if path.suffix != ".json":
+        return text
+    try:
+        report = json.loads(text)
+        rows = report["evaluations"]
+    except (ValueError, KeyError, TypeError):
+        return f"*report {path}: not a report plumb wrote*"
+
+    def cell(v: Any) -> str:
+        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
+
+    keys = [("step", "step"), ("kl", "KL"), ("eval/reward", "held-out reward"), ("eval/signal", "held-out signal"),
+            ("eval/judge_win_rate", "judge win rate"), ("eval/distinct_2", "distinct-2")]
+    keys = [(k, name) for k, name in keys if any(k in r for r in rows)]
+    best = report.get("best") or {}
+    out = [f"**Held-out evaluations** (best by the signal: step {best.get('step')})", "",
+           "| " + " | ".join(name for _, name in keys) + " |", "|" + " ---: |" * len(keys)]
+    out += ["| " + " | ".join(cell(r.get(k)) for k, _ in keys) + " |" for r in rows]
+    return "\n".join(out)
