@@ -490,7 +490,9 @@ def test_runs_show_a_runs_report(ws, tmp_path):
     with ws.store() as store:
         tuned = store.start_run("dpo", {}, "/out/1", Provenance(model="hf:x"))
         store.finish_run(tuned, "done")
-        store.add_artifact("report", str(md), tuned)
+        for path in (md, tmp_path / "tune-report.json", tmp_path / "training.png"):  # as plumb tune records them
+            path.touch()
+            store.add_artifact("report", str(path), tuned)
         rl = store.start_run("grpo", {}, "/out/2", Provenance(model="hf:x"))
         store.finish_run(rl, "done")
         store.add_artifact("report", str(grpo), rl)

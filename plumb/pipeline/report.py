@@ -25,7 +25,7 @@ def write_report(session: Session, out: Path, const: Any, base_gguf: str, adapte
     report = {
         "base_gguf": base_gguf, "adapter_gguf": adapter_gguf, "hf_base": hf_base,
         "constitution": {"name": const.name, "hash": const.hash}, "prompts_from": source, "counts": counts,
-        "pairs": pairs,
+        "pairs": pairs, "critic": critic_stats(store),
         "train": {"run_id": trained.run_id, "steps": curves["loss"][-1][0] if curves["loss"] else 0,
                   "final_loss": curves["loss"][-1][1] if curves["loss"] else None,
                   "reward_accuracy": curves["rewards/accuracies"][-1][1] if curves["rewards/accuracies"] else None,
@@ -38,9 +38,35 @@ def write_report(session: Session, out: Path, const: Any, base_gguf: str, adapte
     charts = _charts(out, curves, result)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "report.md").write_text(_markdown(report, const, result, charts))
-    for path in [out / "report.json", out / "report.md", *charts]:
-        store.add_artifact("report", str(path.resolve()), trained.run_id)
+    for path in [out / "report.json", out / "report.md", *charts]:  # recorded once: a rerun rewrites them
+        if store.one("SELECT id FROM artifacts WHERE run_id = ? AND kind = 'report' AND path = ?",
+                     (trained.run_id, str(path.resolve()))) is None:
+            store.add_artifact("report", str(path.resolve()), trained.run_id)
     return report
+
+
+def critic_stats(store: Any) -> dict[str, Any]:
+    """How good the critic was on this run: revisions made, how many were flagged and why, and for the
+    unflagged ones the checks' (and a model judge's) verdict of revision against the answer it revised."""
+    rows = store.query("SELECT sample_id, revision_id, flags FROM critiques")
+    flags: dict[str, int] = {}
+    flagged = 0
+    verdicts = {"checks": {"revision": 0, "draft": 0, "tie": 0}, "model": {"revision": 0, "draft": 0, "tie": 0}}
+    for r in rows:
+        found = json.loads(r["flags"] or "[]")
+        for f in found:
+            flags[f.split(":")[0]] = flags.get(f.split(":")[0], 0) + 1
+        flagged += bool(found)
+        if found or r["revision_id"] is None:
+            continue
+        for source, counts in verdicts.items():
+            j = store.one("SELECT a_id, winner FROM judgments WHERE source = ? AND principle_id IS NULL AND "
+                          "((a_id = ? AND b_id = ?) OR (a_id = ? AND b_id = ?)) ORDER BY id DESC LIMIT 1",
+                          (source, r["sample_id"], r["revision_id"], r["revision_id"], r["sample_id"]))
+            if j is not None:
+                side = "a" if j["a_id"] == r["revision_id"] else "b"
+                counts["tie" if j["winner"] == "tie" else "revision" if j["winner"] == side else "draft"] += 1
+    return {"revisions": len(rows), "flagged": flagged, "flags": flags, "unflagged_judged": verdicts}
 
 
 def _charts(out: Path, curves: dict[str, list[tuple[int, float]]], result: Any) -> list[Path]:
@@ -87,6 +113,16 @@ def _pct(rate: dict[str, Any] | None) -> str:
     return f"{rate['rate']:.0%} ({rate['k']}/{rate['n']}, {rate['lo']:.0%}-{rate['hi']:.0%})"
 
 
+def _critic_line(c: dict[str, Any]) -> str:
+    if not c["revisions"]:
+        return "Critic: no revisions on this run."
+    flags = ", ".join(f"{k} {v}" for k, v in sorted(c["flags"].items())) or "none"
+    parts = [f"{who}: revision better {v['revision']}, draft better {v['draft']}, tie {v['tie']}"
+             for who, v in c["unflagged_judged"].items() if sum(v.values())]
+    return (f"Critic: {c['revisions']} revisions, {c['flagged']} flagged and never used ({flags}); of the unflagged "
+            "ones, revision against the answer it revised - " + ("; ".join(parts) or "none judged") + ".")
+
+
 def _markdown(report: dict[str, Any], const: Any, result: Any, charts: list[Path]) -> str:
     ev, tr = report["eval"], report["train"]
     lines = [f"# plumb tune: {const.name} ({const.hash})", "",
@@ -109,6 +145,7 @@ def _markdown(report: dict[str, Any], const: Any, result: Any, charts: list[Path
               + ", ".join(f"{k} {v}" for k, v in report["counts"].items()) + ".", "",
               f"Pairs by **{p['mode']}**: {p['why']}. Kept {p['kept']}; dropped "
               + (", ".join(f"{k} {v}" for k, v in p["dropped"].items()) or "none") + ".", "",
+              _critic_line(report["critic"]), "",
               "## Training", "",
               f"{tr['steps']} DPO steps, final loss {tr['final_loss']:.4f}, reward accuracy "
               f"{tr['reward_accuracy']:.2f}, {tr['tokens_per_s']:.0f} tokens/s. Checkpoint chosen by the checks on "

@@ -112,11 +112,13 @@ class RunsScreen(PlumbScreen):
         lines.append("[dim]config: " + escape(", ".join(f"{k}={v}" for k, v in sorted(config.items())
                                                         if k not in ("constitution", "checks"))) + "[/]")
         self.query_one("#run-detail", Static).update("\n".join(lines))
-        reports = [a["path"] for a in artifacts if a["kind"] == "report"]
+        reports = [Path(a["path"]) for a in artifacts
+                   if a["kind"] == "report" and a["path"].endswith((".md", ".json"))]
+        reports.sort(key=lambda path: path.suffix != ".md")  # tune's report.md before its report.json
         report = self.query_one("#run-report", Markdown)
         report.display = bool(reports)
         if reports:
-            report.update(report_markdown(Path(reports[-1])))
+            report.update(report_markdown(reports[0]))
 
 
 def report_markdown(path: Path) -> str:
