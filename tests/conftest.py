@@ -47,3 +47,17 @@ def real_starter():
     from plumb import starter
 
     return starter.pull()
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """torch and llama.cpp on one thread: the tiny model's ops are far too small for two, and on a shared
+    2-core box OpenMP's spin-waiting made them up to 50x slower. Modules that train the tiny model use it
+    for every test (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("PLUMB_THREADS", "1")
+    yield
+    torch.set_num_threads(before)

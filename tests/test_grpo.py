@@ -89,13 +89,7 @@ def flat_model(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("PLUMB_THREADS", "1")
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tasks(n: int, seed: int = 0) -> list[dict]:

@@ -47,14 +47,7 @@ def as_rows(pairs: list[dict], method: str) -> list[dict]:
     return pairs
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model's ops are far too small for two threads; on a shared 2-core box
-    OpenMP's spin-waiting made them up to 50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FAST = {"lr": 5e-3, "batch_size": 8, "warmup_ratio": 0.0, "checkpoint_every": 1000}
