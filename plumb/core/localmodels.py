@@ -70,7 +70,9 @@ def _write(path: Path, obj: dict) -> None:
 
 
 @contextlib.contextmanager
-def _locked(directory: Path):
+def locked(directory: Path):
+    """Hold an exclusive lock on ``directory`` (made if missing) so two processes never write its cache at
+    once; the starter's pull and the local-model caches share it."""
     directory.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
@@ -105,7 +107,7 @@ def file_sha256(path: Path) -> str:
         return cached["sha256"]
     sha = sha256_of(p)
     with contextlib.suppress(OSError):  # a read-only cache still works, it just hashes each time
-        with _locked(_home()):
+        with locked(_home()):
             cache = _read(cache_file)
             cache[str(p)] = {**stamp, "sha256": sha}
             _write(cache_file, cache)
@@ -134,7 +136,7 @@ def ensure_hf_copy(gguf: Path, sha: str, dtype: str = "auto", progress: Progress
     hf = hf_copy_dir(sha)
     if _copy_ok(hf, sha):
         return hf
-    with _locked(hf.parent):
+    with locked(hf.parent):
         if _copy_ok(hf, sha):  # made by another process while we waited
             return hf
         tmp = Path(tempfile.mkdtemp(dir=hf.parent, prefix=".tmp-hf-"))
@@ -179,7 +181,7 @@ def add(name: str, gguf_path: str | Path, dtype: str = "auto", progress: Progres
     hf = ensure_hf_copy(gguf, sha, dtype, say)
     entry = {"gguf": str(gguf), "sha256": sha, "arch": info.arch, "hf": str(hf), "size": gguf.stat().st_size,
              "added": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    with _locked(local_dir()):
+    with locked(local_dir()):
         current = registry()
         current[name] = entry
         _write(local_dir() / "registry.json", current)
@@ -198,7 +200,7 @@ def get(name: str) -> dict:
 def remove(name: str) -> dict:
     """Forget ``name``; its HF copy is deleted when no other name uses it."""
     entry = get(name)
-    with _locked(local_dir()):
+    with locked(local_dir()):
         current = registry()
         current.pop(name, None)
         _write(local_dir() / "registry.json", current)
