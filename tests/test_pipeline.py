@@ -359,8 +359,9 @@ def _kill_training_children() -> int:
 
 
 def test_dpo_child_killed_mid_run_is_failed_then_a_rerun_resumes_it(workspace, tiny_model_dir, tmp_path, runner):
-    """The real trainer in a child: SIGKILL at step 5 marks the run failed; the same train() again
-    resumes from the step-4 checkpoint into the same directory and finishes."""
+    """The real trainer in a child: SIGKILL at step 5 marks the run failed (naming its step-4 checkpoint);
+    the same train() again resumes from that checkpoint into the same directory and the same run, which
+    finishes with one loss per step."""
     from plumb.pipeline.session import open_session
     from plumb.pipeline.train import TrainOptions, train
     from tests.test_train import make_pairs
@@ -381,13 +382,15 @@ def test_dpo_child_killed_mid_run_is_failed_then_a_rerun_resumes_it(workspace, t
             train(session, opts, sink)
         assert killed == [1]
         first = session.store.one("SELECT * FROM runs ORDER BY id DESC LIMIT 1")
-        assert first["status"] == "failed"
+        assert first["status"] == "failed" and first["checkpoint"].endswith("step-4")
         logs = []
         done = train(session, opts, lambda e: logs.append(e))
-        assert done.out_dir == first["out_dir"] and done.run_id != first["id"]
+        assert done.out_dir == first["out_dir"] and done.run_id == first["id"]
         assert any("resumed from" in e.message and "step-4" in e.message for e in logs if e.kind == "log")
-        assert [s for s, _ in session.store.metrics(done.run_id, "loss")] == [5, 6, 7, 8]
-        assert session.store.run(done.run_id)["status"] == "done"
+        assert [s for s, _ in session.store.metrics(done.run_id, "loss")] == [1, 2, 3, 4, 5, 6, 7, 8]
+        row = session.store.run(done.run_id)
+        assert (row["status"], row["attempts"], row["error"], row["checkpoint"]) == ("done", 2, None, None)
+        assert session.store.one("SELECT count(*) FROM runs")[0] == 1
         again = train(session, opts)  # identical and finished: reused, not retrained
         assert again.skipped and again.run_id == done.run_id
 

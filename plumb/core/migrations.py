@@ -220,7 +220,26 @@ def m002_judgments_both_orders_rewards_rollouts(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m002_judgments_both_orders_rewards_rollouts]
+def m003_run_owners(db: sqlite3.Connection) -> None:
+    """Runs record who owns them, so a run whose processes are gone is not shown ``running`` forever
+    (``Store.reap_runs``): the process that opened the run and, when training runs in a child process,
+    the child; each as pid + start time (ticks after boot) + boot id (``plumb.core.owner``). A stopped
+    run names the checkpoint a rerun resumes from; ``attempts`` counts the times it was started."""
+    db.executescript(
+        """
+        ALTER TABLE runs ADD COLUMN owner_pid INTEGER;     -- the process that opened the run (CLI, TUI, tune)
+        ALTER TABLE runs ADD COLUMN owner_start INTEGER;   -- its start time: /proc/PID/stat field 22
+        ALTER TABLE runs ADD COLUMN owner_boot TEXT;       -- /proc/sys/kernel/random/boot_id when it ran
+        ALTER TABLE runs ADD COLUMN child_pid INTEGER;     -- the training child, when training runs in one
+        ALTER TABLE runs ADD COLUMN child_start INTEGER;
+        ALTER TABLE runs ADD COLUMN checkpoint TEXT;       -- the last checkpoint of a run that stopped early
+        ALTER TABLE runs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;  -- 2+: resumed into the same row
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m002_judgments_both_orders_rewards_rollouts,
+                                                          m003_run_owners]
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from plumb.core.checkpoints import latest as latest_checkpoint
 from plumb.core.migrations import migrate, schema_version
+from plumb.core.owner import Owner
 from plumb.core.records import Critique, Judgment, Reward
 
 SOURCES = ("human", "import", "model", "checks")  # whose verdict counts when several judged the same pair
@@ -231,21 +233,70 @@ class Store:
 
     # -- runs, metrics, artifacts --------------------------------------------------
 
-    def start_run(self, method: str, config: dict[str, Any], out_dir: str, prov: Provenance) -> int:
+    def start_run(self, method: str, config: dict[str, Any], out_dir: str, prov: Provenance,
+                  owner: Owner | None = None) -> int:
+        """A new ``running`` run owned by ``owner`` (default: this process)."""
+        owner = owner or Owner.current()
         return self._insert(
             "runs", {"method": method, "config": json.dumps(config, sort_keys=True, default=str),
-                     "out_dir": out_dir, **prov.columns()},
+                     "out_dir": out_dir, "owner_pid": owner.pid, "owner_start": owner.start,
+                     "owner_boot": owner.boot, **prov.columns()},
         )
 
-    def finish_run(self, run_id: int, status: str, error: str | None = None,
-                   metrics: dict[str, float] | None = None) -> None:
-        """Close a run: ``status`` is done, failed or interrupted."""
+    def resume_run(self, run_id: int, from_step: int, owner: Owner | None = None) -> None:
+        """Run ``run_id`` again (a rerun resuming its checkpoint at ``from_step``): ``running`` again, owned
+        by ``owner`` (default: this process), one more attempt; what it logged after ``from_step`` before it
+        stopped is dropped, so the steps it trains again are recorded once."""
+        owner = owner or Owner.current()
         with self.transaction():
             self.db.execute(
-                "UPDATE runs SET status = ?, error = ?, final_metrics = ?,"
+                "UPDATE runs SET status = 'running', error = NULL, final_metrics = NULL, finished = NULL,"
+                " checkpoint = NULL, attempts = attempts + 1, owner_pid = ?, owner_start = ?, owner_boot = ?,"
+                " child_pid = NULL, child_start = NULL WHERE id = ?",
+                (owner.pid, owner.start, owner.boot, run_id))
+            self.db.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", (run_id, from_step))
+            self.db.execute("DELETE FROM rollouts WHERE run_id = ? AND step > ?", (run_id, from_step))
+
+    def set_run_child(self, run_id: int, child: Owner) -> None:
+        """Record the process that trains run ``run_id`` on behalf of its owner."""
+        with self.transaction():
+            self.db.execute("UPDATE runs SET child_pid = ?, child_start = ? WHERE id = ?",
+                            (child.pid, child.start, run_id))
+
+    def finish_run(self, run_id: int, status: str, error: str | None = None,
+                   metrics: dict[str, float] | None = None, checkpoint: str | None = None) -> None:
+        """Close a run: ``status`` is done, failed or interrupted; ``checkpoint``: where a rerun resumes."""
+        with self.transaction():
+            self.db.execute(
+                "UPDATE runs SET status = ?, error = ?, final_metrics = ?, checkpoint = ?,"
                 " finished = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?",
-                (status, error, json.dumps(metrics) if metrics is not None else None, run_id),
+                (status, error, json.dumps(metrics) if metrics is not None else None, checkpoint, run_id),
             )
+
+    def reap_runs(self) -> list[int]:
+        """Turn every ``running`` run whose processes are all gone into ``interrupted``, naming its last
+        checkpoint; return their ids. A run is orphaned when neither the process that opened it nor its
+        training child lives (``Owner.alive``); a run from before owners were recorded has none alive.
+        A child that outlives its parent keeps the run ``running``: it stops at its next step (the
+        parent-death signal) and marks the run itself."""
+        orphaned = []
+        for r in self.query("SELECT * FROM runs WHERE status = 'running'"):
+            boot = r["owner_boot"]
+            owners = [Owner(pid, start, boot) for pid, start in ((r["owner_pid"], r["owner_start"]),
+                                                                 (r["child_pid"], r["child_start"])) if pid]
+            if any(o.alive() for o in owners):
+                continue
+            last = latest_checkpoint(r["out_dir"])
+            why = ("its process ended without closing it (killed, or the machine stopped)" if owners else
+                   "left running by an earlier plumb that did not record its process")
+            with self.transaction():  # only if still running: its child may have closed it meanwhile
+                self.db.execute(
+                    "UPDATE runs SET status = 'interrupted', error = ?, checkpoint = ?,"
+                    " finished = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ? AND status = 'running'",
+                    (f"{why}; " + (f"a rerun resumes from {last}" if last else "no checkpoint was written"),
+                     str(last) if last else None, r["id"]))
+            orphaned.append(r["id"])
+        return orphaned
 
     def run(self, run_id: int) -> sqlite3.Row | None:
         return self.one("SELECT * FROM runs WHERE id = ?", (run_id,))

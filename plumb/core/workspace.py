@@ -69,9 +69,12 @@ class Workspace:
         return str(self.config.get("models", {}).get(role, "starter"))
 
     def store(self):  # -> Store, imported lazily to keep `plumb --help` light
+        """The workspace's store; runs left ``running`` by processes that are gone become ``interrupted``."""
         from plumb.core.store import Store
 
-        return Store(self.db_path)
+        store = Store(self.db_path)
+        store.reap_runs()
+        return store
 
     def plugin_manager(self):
         from plumb.core.plugins import get_plugin_manager

@@ -9,7 +9,14 @@ OOM kill of training leaves the caller running and the run marked failed.
 
 A rerun skips what is done: a finished run with the same method, options,
 policy and data returns its adapter at once; an interrupted or failed one with
-checkpoints is resumed into the same directory. ``fresh`` trains anew.
+checkpoints is resumed into the same directory *and the same run row* (one
+training job, its metrics continued from the checkpoint's step; see
+``runs.run_lifecycle``). A run with the same key that is still running in a
+live process is refused. ``fresh`` trains anew.
+
+In a child process the child writes the run's metrics to the store itself
+(it runs the loop, and outlives a killed parent long enough to checkpoint), so
+every step up to its last checkpoint is recorded however the parent ended.
 
 A method whose options declare ``DATA = "tasks"`` (GRPO) trains on tasks
 instead of pairs: a JSONL file's prompts or the workspace's, with their task
@@ -198,7 +205,10 @@ def _key(method: str, options: dict[str, Any], policy: str, rows: list[dict[str,
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _earlier(store: Store, key: str) -> Any:
+def _earlier(store: Store, key: str, out_dir: str | None = None) -> Any:
+    if out_dir is not None:
+        return store.one("SELECT * FROM runs WHERE json_extract(config, '$.key') = ? AND out_dir = ?"
+                         " ORDER BY id DESC LIMIT 1", (key, out_dir))
     return store.one("SELECT * FROM runs WHERE json_extract(config, '$.key') = ? ORDER BY id DESC LIMIT 1", (key,))
 
 
@@ -223,7 +233,12 @@ def train(session: Session, opts: TrainOptions, sink: EventSink | None = None) -
             eval_rows = rows_from_file(opts.eval_data, "dpo") or rows_from_file(opts.eval_data, "sft")
     key = _key(opts.method, options, str(spec), rows)
 
+    session.store.reap_runs()  # a run orphaned since the workspace was opened is not "running"
     earlier = None if opts.fresh or opts.out_dir else _earlier(session.store, key)
+    if earlier is not None and earlier["status"] == "running":
+        raise PlumbError(f"run {earlier['id']} is training this right now (process {earlier['owner_pid']}, into "
+                         f"{earlier['out_dir']}); wait for it or stop it, or pass --fresh to train a second copy.",
+                         exit_code=2)
     if earlier is not None and earlier["status"] == "done" and (Path(earlier["out_dir"]) / "adapter").is_dir():
         artifacts = [(a["kind"], a["path"]) for a in session.store.query(
             "SELECT kind, path FROM artifacts WHERE run_id = ? ORDER BY id", (earlier["id"],))]
@@ -232,10 +247,16 @@ def train(session: Session, opts: TrainOptions, sink: EventSink | None = None) -
                        json.loads(earlier["final_metrics"] or "{}"), artifacts, skipped=True)
     out_dir = opts.out_dir or (earlier["out_dir"] if earlier is not None else
                                _new_dir(session.ws.adapters_dir / f"{opts.method}-{time.strftime('%Y%m%d-%H%M%S')}"))
-    from plumb.train import checkpoint  # light: torch is imported inside its functions only
+    from plumb.core import checkpoints
 
-    if checkpoint.latest(out_dir) is not None and not opts.fresh:
+    last = checkpoints.latest(out_dir)
+    resume = None
+    if last is not None and not opts.fresh:
         options["resume"] = True
+        again = earlier if earlier is not None else _earlier(session.store, key, out_dir)
+        if again is not None and again["status"] in ("interrupted", "failed") and again["out_dir"] == out_dir:
+            resume = (again["id"], checkpoints.step_of(last))
+            emit(Event("log", again["id"], message=f"continuing run {again['id']} ({again['status']}) from {last}"))
     elif options.get("resume"):
         raise PlumbError(f"--resume: no checkpoint in {Path(out_dir) / 'checkpoints'}; start without --resume.",
                          exit_code=2)
@@ -246,9 +267,10 @@ def train(session: Session, opts: TrainOptions, sink: EventSink | None = None) -
                       constitution_hash=const.hash if const is not None else None)
     record = {**options, "key": key, "data": opts.tasks or opts.data, "policy": str(spec), "rows": len(rows)}
     emit(Event("stage", stage="train", message=f"{opts.method} on {len(rows)} rows, {spec}"))
-    with run_lifecycle(session.store, opts.method, record, out_dir, prov) as handle:
+    with run_lifecycle(session.store, opts.method, record, out_dir, prov, resume) as handle:
         run = RunSpec(opts.method, spec, rows, out_dir, options, handle.run_id, eval_rows)
-        events = fan_out(to_store(session.store, handle.run_id), emit)
+        in_child = opts.isolate and _store_file(session) is not None  # then the child stores the metrics
+        events = emit if in_child else fan_out(to_store(session.store, handle.run_id), emit)
         try:
             result = _optimize(session, run, events, opts.isolate)
         finally:  # rollouts are kept whether the run finished, failed or was interrupted
@@ -268,6 +290,12 @@ def _new_dir(base: Path) -> str:
     return str(path)
 
 
+def _store_file(session: Session) -> str | None:
+    """The store's database file, or None for an in-memory store (a scratch session)."""
+    path = str(session.store.path)
+    return None if path in (":memory:", "") else str(Path(path).resolve())
+
+
 def _ingest(session: Session, run_id: int, out_dir: str, prov: Provenance, emit: EventSink) -> None:
     try:
         n = ingest_rollouts(session.store, run_id, out_dir, prov)
@@ -282,7 +310,7 @@ def _optimize(session: Session, run: RunSpec, events: EventSink, isolate: bool) 
         from plumb.pipeline.child import run_in_child
 
         return run_in_child(run, events, session.cancel, session.ws.plugin_files,
-                            str(session.root) if session.ws.config else None)
+                            str(session.root) if session.ws.config else None, _store_file(session))
     result = session.pm.hook.plumb_optimize(ctx=session.context(events, run.run_id), method=run.method, run=run)
     if result is None:
         raise PlumbError(f"plugin {session.pm.registry.methods[run.method].plugin} registers {run.method!r} "

@@ -22,23 +22,8 @@ from typing import Any
 
 import torch
 
+from plumb.core.checkpoints import PREFIX, checkpoints, latest  # noqa: F401  (the layout is core's)
 from plumb.core.errors import PlumbError
-
-PREFIX = "step-"
-
-
-def checkpoints(out_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    root = Path(out_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / "state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
-
-
-def latest(out_dir: str | Path) -> Path | None:
-    found = checkpoints(out_dir)
-    return found[-1] if found else None
 
 
 def rng_state() -> dict[str, Any]:
