@@ -2,8 +2,8 @@
 (Llama 2/3.x and SmolLM, Mistral, Qwen2/2.5, Qwen3, Gemma 2, Gemma 3 text).
 
 * ``export_gguf(model_dir, out, quant)`` — an HF model with its tokenizer and
-  chat template -> GGUF (f32, f16), then optionally quantized by llama.cpp's
-  own quantizer (q8_0, q4_k_m).
+  chat template -> GGUF: f32, f16 and q8_0 written directly from the float32
+  weights (as llama.cpp's converter does), q4_k_m by llama.cpp's own quantizer.
 * ``export_lora(adapter_dir, out, base_dir)`` — a peft LoRA adapter -> a GGUF
   LoRA adapter that llama.cpp applies on top of the base GGUF with a scale.
 * ``export_merged(adapter_dir, out, base_dir, quant)`` — adapter merged into

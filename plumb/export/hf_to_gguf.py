@@ -31,7 +31,7 @@ from plumb.core.errors import PlumbError
 from plumb.export.arch import SUPPORTED_ARCHITECTURES, Arch, arch_for, write_hparams
 from plumb.export.vocab import pre_tokenizer_name, write_tokenizer
 
-__all__ = ["SUPPORTED_ARCHITECTURES", "export_gguf", "export_f16", "read_config", "permute", "permute_qk",
+__all__ = ["SUPPORTED_ARCHITECTURES", "export_gguf", "export_direct", "read_config", "permute", "permute_qk",
            "atomic_writer", "gguf_name", "pre_tokenizer_name", "write_tokenizer"]
 
 
@@ -123,13 +123,47 @@ def skip_tensor(name: str, config: dict[str, Any]) -> bool:
     return name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight" and bool(config.get("tie_word_embeddings")))
 
 
-def export_f16(model_dir: str | Path, out_path: str | Path, outtype: str = "f16") -> Path:
-    """Write ``model_dir`` as a GGUF with 2-D weights in f16 (or f32) and norms in f32."""
+# outtype -> (file type, GGML type of the 2-D weights). Written straight from the float32 weights, as
+# llama.cpp's converter does with --outtype; other quantizations go through llama.cpp's quantizer.
+DIRECT = {"f32": ("ALL_F32", "F32"), "f16": ("MOSTLY_F16", "F16"), "q8_0": ("MOSTLY_Q8_0", "Q8_0")}
+
+
+def tensor_type(name: str, data, outtype: str):
+    """The GGML type a tensor is stored in, by convert_hf_to_gguf.py's rule: 1-D tensors (norms, biases)
+    and anything that is not a ``.weight`` stay F32; 2-D weights take ``outtype``."""
+    import gguf
+
+    if data.ndim <= 1 or not name.endswith(".weight"):
+        return gguf.GGMLQuantizationType.F32
+    return gguf.GGMLQuantizationType[DIRECT[outtype][1]]
+
+
+def encode(data, qtype):
+    """``data`` (float32) as ``qtype`` with gguf's own encoder (the converter's), and the type it got:
+    a row that is not a multiple of Q8_0's 32-wide block falls back to F16, as in the converter."""
+    import gguf
+
+    try:
+        return gguf.quants.quantize(data, qtype), qtype
+    except gguf.QuantError:
+        return gguf.quants.quantize(data, gguf.GGMLQuantizationType.F16), gguf.GGMLQuantizationType.F16
+
+
+def export_direct(model_dir: str | Path, out_path: str | Path, outtype: str = "f16") -> Path:
+    """Write ``model_dir`` as a GGUF with its 2-D weights in ``outtype`` (f32, f16 or q8_0) and its norms
+    in f32, each weight encoded once from float32.
+
+    Q8_0 is made here rather than by llama.cpp's quantizer from an f16 file: that path rounds every
+    weight to f16 first and then to 8 bits, and on a tiny Llama it agreed less with transformers
+    than llama.cpp's own converter does (tests/test_export_gguf.py measures it).
+    """
     import gguf
     import numpy as np
 
     from plumb.export.identity import SOURCE_KEY, hf_identity
 
+    if outtype not in DIRECT:
+        raise PlumbError(f"cannot write {outtype!r} directly; choose one of {', '.join(DIRECT)}.", exit_code=2)
     model_dir, out = Path(model_dir), Path(out_path)
     config = read_config(model_dir)
     arch = arch_for(config, str(model_dir))
@@ -137,7 +171,7 @@ def export_f16(model_dir: str | Path, out_path: str | Path, outtype: str = "f16"
     n_head_kv = config.get("num_key_value_heads") or n_head
     with atomic_writer(out, config) as writer:
         write_hparams(writer, config, arch, name=model_dir.name)
-        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if outtype == "f16" else gguf.LlamaFileType.ALL_F32)
+        writer.add_file_type(gguf.LlamaFileType[DIRECT[outtype][0]])
         writer.add_string(SOURCE_KEY, hf_identity(model_dir))
         write_tokenizer(writer, model_dir, config["vocab_size"])
         for name, data in hf_tensors(model_dir):
@@ -146,8 +180,8 @@ def export_f16(model_dir: str | Path, out_path: str | Path, outtype: str = "f16"
             data = permute_qk(name, data, n_head, n_head_kv, arch)
             if arch.norm_shift and name.endswith("norm.weight"):
                 data = data + arch.norm_shift
-            dtype = np.float16 if outtype == "f16" and data.ndim == 2 else np.float32
-            writer.add_tensor(gguf_name(name, n_layers, arch), np.ascontiguousarray(data.astype(dtype)))
+            data, qtype = encode(np.ascontiguousarray(data, dtype=np.float32), tensor_type(name, data, outtype))
+            writer.add_tensor(gguf_name(name, n_layers, arch), data, raw_dtype=qtype)
         for name, data in (arch.extra_tensors(config) if arch.extra_tensors else []):
             writer.add_tensor(name, data)
     return out
@@ -156,19 +190,19 @@ def export_f16(model_dir: str | Path, out_path: str | Path, outtype: str = "f16"
 def export_gguf(model_dir: str | Path, out_path: str | Path, quant: str = "f16") -> Path:
     """Export a Hugging Face model directory to GGUF, quantized to ``quant``.
 
-    ``quant`` is ``f32``, ``f16``, ``q8_0`` or ``q4_k_m``; quantized files are
-    made from an f16 intermediate by llama.cpp's quantizer.
+    ``quant`` is ``f32``, ``f16``, ``q8_0`` (written directly, see ``export_direct``) or ``q4_k_m``
+    (made from an f16 intermediate by llama.cpp's quantizer, which picks k-quant types per tensor).
     """
     from plumb.export.quantize import QUANTS, quantize
 
     out = Path(out_path)
-    if quant in ("f16", "f32"):
-        return export_f16(model_dir, out, quant)
+    if quant in DIRECT:
+        return export_direct(model_dir, out, quant)
     if quant not in QUANTS:
         raise PlumbError(f"unknown quantization {quant!r}; choose one of f32, f16, {', '.join(QUANTS)}.", exit_code=2)
     f16 = out.with_name(out.name + ".f16.part")
     try:
-        export_f16(model_dir, f16, "f16")
+        export_direct(model_dir, f16, "f16")
         return quantize(f16, out, quant)
     finally:
         f16.unlink(missing_ok=True)
