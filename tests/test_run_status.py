@@ -191,3 +191,46 @@ def test_sigkill_of_a_parent_that_trains_in_process_is_interrupted_at_the_next_o
     after, seconds = status_after_open(dpo_ws, row["id"])
     assert after["status"] == "interrupted" and seconds < 2, (after, seconds)
     assert after["checkpoint"] is None or Path(after["checkpoint"]).is_dir()
+
+
+# -- the TUI's Runs screen -----------------------------------------------------------------------------------
+
+
+def test_the_runs_screen_shows_a_run_interrupted_with_its_checkpoint_when_its_process_dies(tmp_path):
+    """A run whose process is alive shows `running`; killed while the screen is open, it shows `interrupted`
+    and the checkpoint a rerun resumes from within a few seconds (the screen's reload reaps it)."""
+    from textual.widgets import DataTable
+
+    from plumb.tui.factory import make_app
+    from tests.test_tui import run, text, until
+
+    ws = init_workspace(tmp_path / "ws")
+    ckpt = tmp_path / "out" / "checkpoints" / "step-2"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text("{}")
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        with ws.store() as store:
+            run_id = store.start_run("dpo", {"lr": 1e-4}, str(tmp_path / "out"), Provenance(model="hf:x"),
+                                     owner=Owner.of(trainer.pid))
+            for step in (1, 2, 3):
+                store.log_metrics(run_id, step, {"loss": 1.0 / step})
+        app = make_app(ws.root, "runs")
+
+        def status() -> str:
+            table = app.screen.query_one("#runs", DataTable)
+            return str(table.get_row_at(0)[2]) if table.row_count else ""
+
+        async def body(pilot):
+            await until(pilot, lambda: status() == "running", what="the running run")
+            trainer.kill()
+            trainer.wait()
+            await until(pilot, lambda: status() == "interrupted", timeout=10, what="the run shown interrupted")
+            detail = text(app, "#run-detail")
+            assert "interrupted" in detail and f"checkpoint: {ckpt}" in detail
+            assert "its process ended without closing it" in detail
+
+        run(app, body)
+    finally:
+        trainer.kill()
+        trainer.wait()

@@ -1,7 +1,10 @@
 """Runs: every training run with its status, and the highlighted run's charts, config, error and report.
 
-The list reloads every few seconds while a run is still running. A run's
-report is its ``report`` artifact: the Markdown report of ``plumb tune`` as it
+The list reloads every few seconds while a run is still running; each load
+first turns runs whose processes are gone into ``interrupted`` (the store's
+reaper), so a run killed while the screen is open does not stay ``running``. A
+stopped run shows the checkpoint a rerun resumes from, and how many times it
+was started. A run's report is its ``report`` artifact: the Markdown report of ``plumb tune`` as it
 is, or GRPO's held-out evaluations (``report.json``) as a table.
 """
 
@@ -62,6 +65,7 @@ class RunsScreen(PlumbScreen):
     @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
     def load(self) -> None:
         try:
+            self.session.store.reap_runs()
             rows = self.session.store.query(
                 "SELECT r.*, (SELECT max(step) FROM metrics m WHERE m.run_id = r.id) AS steps,"
                 " (SELECT value FROM metrics m WHERE m.run_id = r.id AND key = 'loss' ORDER BY step DESC LIMIT 1)"
@@ -101,6 +105,10 @@ class RunsScreen(PlumbScreen):
         lines = [f"[b]run {run_id}[/] {escape(run['method'])}: {escape(run['status'])}  "
                  f"model {escape(run['model'] or '?')}",
                  f"out: {escape(run['out_dir'] or '-')}"]
+        if run["checkpoint"]:
+            lines.append(f"[yellow]checkpoint: {escape(run['checkpoint'])}[/] (a rerun resumes from it)")
+        if run["attempts"] > 1:
+            lines.append(f"started {run['attempts']} times (resumed into this run)")
         lines += [f"{escape(a['kind'])}: {escape(a['path'])}" for a in artifacts]
         if run["final_metrics"]:
             final = json.loads(run["final_metrics"])
