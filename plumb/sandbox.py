@@ -70,7 +70,6 @@ import marshal
 import math
 import os
 import platform
-import pwd
 import resource
 import secrets
 import selectors
@@ -87,14 +86,14 @@ from typing import Literal
 from plumb.core.errors import PlumbError
 
 WORKDIR = "/tmp"
-PROTECTIONS = ("namespaces", "filesystem", "network", "processes", "limits", "syscalls")
-_HIDDEN = ("/tmp", "/var/tmp", "/run", "/dev")
+PROTECTIONS = ("namespaces", "filesystem", "ipc", "network", "processes", "limits", "syscalls")
+_TOP = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # of the host's root, all the new one has
 _DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")  # the only ones in its /dev
 _LINKS = {"/dev/fd": "/proc/self/fd", "/dev/stdin": "/proc/self/fd/0", "/dev/stdout": "/proc/self/fd/1",
           "/dev/stderr": "/proc/self/fd/2"}
 _UIDS = (1_800_000_000, 2_000_000_000)
 _PATH = "/usr/local/bin:/usr/bin:/bin"
-_INIT = Path(__file__).with_name("sandbox_init.py")  # the sandbox's pid 1 (read before it hides anything)
+_INIT = Path(__file__).with_name("sandbox_init.py").read_text()  # the sandbox's pid 1, run as ``-c`` source
 
 
 class SandboxUnavailable(PlumbError):
@@ -127,13 +126,18 @@ class Result:
 
 
 def run(argv: list[str], files: dict[str, str | bytes] | None = None, limits: Limits = Limits(),
-        stdin: bytes = b"") -> Result:
-    """Run ``argv`` in ``WORKDIR`` holding ``files`` (plain names), under ``limits``."""
+        stdin: bytes = b"", peer: list[str] | None = None) -> Result:
+    """Run ``argv`` in ``WORKDIR`` holding ``files`` (plain names), under ``limits``.
+
+    ``peer``: a second program to run beside it, in a pid namespace nested in the sandbox's (it
+    cannot see, signal or read the first one) and, where plumb is root, as another uid. The two
+    talk over pipes: each reads on fd 3 and writes on fd 4. The peer's stdout goes to the run's
+    stderr; processes either leaves behind count in ``leftover``."""
     wanted = [name for name in PROTECTIONS if not (name == "network" and limits.network)]
     missing = {name: why for name, why in protections().items() if why is not True and name in wanted}
     if missing:
         raise SandboxUnavailable(_refusal(missing))
-    result, failures = _spawn(_config(argv, files or {}, limits), limits, stdin)
+    result, failures = _spawn(_config(argv, files or {}, limits, peer=peer), limits, stdin)
     if failures:
         raise SandboxUnavailable(_refusal(failures))
     return result
@@ -157,7 +161,8 @@ def _refusal(missing: dict[str, str]) -> str:
     return f"refusing to run untrusted code: the sandbox cannot set up\n{lines}\n({where})"
 
 
-def _config(argv: list[str] | None, files: dict[str, str | bytes], limits: Limits, probe: bool = False) -> dict:
+def _config(argv: list[str] | None, files: dict[str, str | bytes], limits: Limits, probe: bool = False,
+            peer: list[str] | None = None) -> dict:
     """Everything the init inside the sandbox does, as plain data (it runs with ``marshal`` only)."""
     for name in files:
         if not name or "/" in name or name in (".", ".."):
@@ -166,33 +171,73 @@ def _config(argv: list[str] | None, files: dict[str, str | bytes], limits: Limit
             for name, body in files.items()}
     if sum(map(len, data.values())) > limits.disk_mb << 20:
         raise ValueError(f"the files do not fit in the sandbox's {limits.disk_mb} MB")
-    uid = _UIDS[0] + secrets.randbelow(_UIDS[1] - _UIDS[0]) if _machine_root() else -1
-    hidden = _outermost(_HIDDEN + _homes())
+    uid = _UIDS[0] + secrets.randbelow(_UIDS[1] - _UIDS[0] - 1) if _machine_root() else -1
     work = f"size={limits.disk_mb}m,nr_inodes=4096,mode=700" + (f",uid={uid},gid={uid}" if uid >= 0 else "")
+    binds, links = _root()
+    memory = limits.memory_mb << 20
     return {
         "probe": probe,
-        "hide": [path for path in hidden if path != WORKDIR],
+        "binds": binds,
+        "links": links,
         "work": work,
-        "keep": [p for p in _outermost(_python_dirs()) if any(_within(p, h) for h in hidden)] + list(_DEVICES),
-        "links": _LINKS,
         "files": data,
         "cut_network": probe or not limits.network,
         "host_network": os.stat("/proc/self/ns/net").st_ino,
+        "host_ipc": os.stat("/proc/self/ns/ipc").st_ino,
+        # the IPC namespace's own bounds: a shared memory segment lives only while a process maps it
+        # (so it counts against that process's address space); queues and semaphores stay small
+        "ipc": {"kernel/shm_rmid_forced": "1", "kernel/shmmax": str(memory), "kernel/shmall": str(memory // 4096),
+                "kernel/shmmni": "64", "kernel/msgmni": "16", "kernel/msgmnb": "65536", "kernel/msgmax": "8192",
+                "kernel/sem": "32 1024 32 16", "fs/mqueue/queues_max": "16", "fs/mqueue/msg_max": "10",
+                "fs/mqueue/msgsize_max": "8192"},
+        "pivot_root": _PIVOT_ROOT[_ARCHES.get(platform.machine(), (0,))[0]],
         "uid": uid,
-        # the init and unshare count towards the cap in a user namespace
-        "nproc": limits.processes + (0 if uid >= 0 else 2),
+        "peer_uid": uid + 1 if uid >= 0 else -1,
+        # the init and unshare count towards the cap in a user namespace (and the peer's reaper)
+        "nproc": limits.processes + (0 if uid >= 0 else 3),
         "rlimits": [
             (resource.RLIMIT_CPU, math.ceil(limits.cpu_seconds), math.ceil(limits.cpu_seconds) + 1),
-            (resource.RLIMIT_AS, limits.memory_mb << 20, limits.memory_mb << 20),
+            (resource.RLIMIT_AS, memory, memory),
             (resource.RLIMIT_FSIZE, limits.file_mb << 20, limits.file_mb << 20),
             (resource.RLIMIT_NOFILE, limits.open_files, limits.open_files),
             (resource.RLIMIT_CORE, 0, 0),
+            (resource.RLIMIT_MSGQUEUE, 1 << 20, 1 << 20),
         ],
         "seccomp": _seccomp_program(),
         "deadline": limits.wall_seconds + 5,  # the init's own timeout, should plumb die first
-        "argv": argv,
+        "argv": _inside(argv, binds),
+        "peer": _inside(peer, binds),
         "env": {"PATH": _PATH, "LANG": "C.UTF-8", "HOME": WORKDIR, "TMPDIR": WORKDIR, "PYTHONDONTWRITEBYTECODE": "1"},
     }
+
+
+def _root() -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """The new root's read-only binds (host path, path inside) and symlinks: ``/usr`` and the
+    top-level links into it, the dynamic linker's cache, this Python's directories (at the same
+    path, or under ``/.plumb`` when that path would fall in the private ``/tmp``), and the devices."""
+    links = dict(_LINKS)
+    tops = []
+    for top in _TOP:
+        if os.path.islink(top):
+            links[top] = os.readlink(top)
+        elif os.path.isdir(top):
+            tops.append(top)
+    binds = []
+    for n, path in enumerate(_outermost(tuple(tops) + _python_dirs())):
+        private = any(_within(path, d) for d in (WORKDIR, "/proc", "/dev", "/.plumb"))
+        binds.append((path, f"/.plumb/{n}" if private else path))
+    binds += [(path, path) for path in ("/etc/ld.so.cache", *_DEVICES) if os.path.exists(path)]
+    return binds, links
+
+
+def _inside(argv: list[str] | None, binds: list[tuple[str, str]]) -> list[str] | None:
+    """``argv`` with a program path under a moved bind rewritten to where it is inside."""
+    if not argv:
+        return argv
+    for host, inside in binds:
+        if host != inside and _within(argv[0], host):
+            return [inside + argv[0][len(host):], *argv[1:]]
+    return argv
 
 
 @functools.cache
@@ -212,16 +257,8 @@ def _outermost(paths: tuple[str, ...]) -> list[str]:
     return [p for p in real if not any(q != p and _within(p, q) for q in real)]
 
 
-def _homes() -> tuple[str, ...]:
-    try:
-        home = pwd.getpwuid(os.getuid()).pw_dir
-    except KeyError:  # a uid without a passwd entry, as in some containers
-        home = ""
-    return tuple(h for h in (os.environ.get("HOME"), home) if h)
-
-
 def _python_dirs() -> tuple[str, ...]:
-    """Where this Python lives: bound back into the sandbox if a hidden directory holds it."""
+    """Where this Python lives: bound read-only into the sandbox's root."""
     executable_dir = os.path.dirname(os.path.realpath(sys.executable))
     return (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, executable_dir)
 
@@ -234,7 +271,10 @@ _DENIED = {"unshare": (272, 97), "setns": (308, 268), "mount": (165, 40), "umoun
            "add_key": (248, 217), "request_key": (249, 218), "bpf": (321, 280), "perf_event_open": (298, 241),
            "userfaultfd": (323, 282), "open_tree": (428, 428), "move_mount": (429, 429), "fsopen": (430, 430),
            "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433), "mount_setattr": (442, 442)}
+_DENIED |= {"io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427)}
 _CLONE, _CLONE3 = (56, 220), (435, 435)
+_SOCKET, _SOCKETPAIR, _PIVOT_ROOT = (41, 198), (53, 199), (155, 41)
+_FAMILIES = (1, 2, 10)  # AF_UNIX, AF_INET, AF_INET6: socket() refuses every other family (EAFNOSUPPORT)
 _CLONE_NEW = 0x7E020080  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET | NEWTIME
 
 
@@ -246,13 +286,20 @@ def _seccomp_program() -> bytes | str:
     column, arch = _ARCHES[machine]
     load, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     eperm, enosys, allow, kill = 0x50000 | 1, 0x50000 | 38, 0x7FFF0000, 0x80000000
+    eafnosupport = 0x50000 | 97
     prog = [(load, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, kill), (load, 0, 0, 0)]
     if machine == "x86_64":  # the x32 ABI's numbers
         prog += [(jge, 0, 1, 0x40000000), (ret, 0, 0, eperm)]
     for numbers in _DENIED.values():
         prog += [(jeq, 0, 1, numbers[column]), (ret, 0, 0, eperm)]
     prog += [(jeq, 0, 1, _CLONE3[column]), (ret, 0, 0, enosys)]
-    prog += [(jeq, 0, 3, _CLONE[column]), (load, 0, 0, 16), (jset, 0, 1, _CLONE_NEW), (ret, 0, 0, eperm)]
+    prog += [(jeq, 0, 4, _CLONE[column]), (load, 0, 0, 16), (jset, 0, 1, _CLONE_NEW), (ret, 0, 0, eperm),
+             (ret, 0, 0, allow)]
+    for number, families in ((_SOCKET[column], _FAMILIES), (_SOCKETPAIR[column], _FAMILIES[:1])):
+        n = len(families)  # nr == number: load the family (args[0]); allowed ones jump to "allow"
+        prog += [(jeq, 0, n + 3, number), (load, 0, 0, 16)]
+        prog += [(jeq, n - i, 0, family) for i, family in enumerate(families)]
+        prog += [(ret, 0, 0, eafnosupport), (ret, 0, 0, allow)]
     prog += [(ret, 0, 0, allow)]
     return b"".join(struct.pack("HBBI", *insn) for insn in prog)
 
@@ -262,12 +309,12 @@ def _spawn(config: dict, limits: Limits, stdin: bytes) -> tuple[Result, dict[str
     unshare = shutil.which("unshare", path=_PATH)
     if unshare is None:
         raise SandboxUnavailable("unshare (util-linux) is not installed")
-    cmd = [unshare, "--pid", "--fork", "--kill-child", "--mount"]
+    cmd = [unshare, "--pid", "--fork", "--kill-child", "--mount", "--ipc"]
     cmd += ["--net"] if config["cut_network"] else []
     cmd += ["--user", "--map-root-user"] if config["uid"] < 0 else []
     config_fd, stdin_fd = _memfd(marshal.dumps(config)), _memfd(stdin)
     status_r, status_w = os.pipe()
-    cmd += ["--", sys.executable, "-I", "-S", str(_INIT), str(config_fd), str(status_w)]
+    cmd += ["--", os.path.realpath(sys.executable), "-I", "-S", "-c", _INIT, str(config_fd), str(status_w)]
     start = time.monotonic()
     try:
         try:

@@ -251,11 +251,13 @@ def test_refuses_without_running_anything_when_a_protection_is_missing(monkeypat
         run_tests(ADD, TESTS)
 
 
-@pytest.mark.parametrize("breakage", ["filesystem", "network", "syscalls"])
+@pytest.mark.parametrize("breakage", ["filesystem", "ipc", "network", "syscalls"])
 def test_fails_closed_when_a_step_fails_at_run_time(monkeypatch, breakage):
     config = sandbox._config([sys.executable, "-I", "-c", "print('RAN')"], {}, QUICK)
     if breakage == "filesystem":
-        config["hide"].append("/no/such/dir")
+        config["binds"].append(("/no/such/dir", "/no/such/dir"))
+    elif breakage == "ipc":
+        config["ipc"]["kernel/no_such_setting"] = "1"
     elif breakage == "network":  # unshare is not asked for a network namespace, the init is told it was
         config["cut_network"] = False
         dumps = marshal.dumps
@@ -264,7 +266,7 @@ def test_fails_closed_when_a_step_fails_at_run_time(monkeypatch, breakage):
         config["seccomp"] = "no filter for this test"
     result, failures = sandbox._spawn(config, QUICK, b"")
     assert list(failures) == [breakage] and "RAN" not in result.stdout
-    monkeypatch.setattr(sandbox, "_config", lambda *args: config)
+    monkeypatch.setattr(sandbox, "_config", lambda *args, **kwargs: config)
     with pytest.raises(sandbox.SandboxUnavailable, match=breakage):
         sandbox.run([sys.executable, "-c", "print('RAN')"])
 
