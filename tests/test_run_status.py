@@ -234,3 +234,35 @@ def test_the_runs_screen_shows_a_run_interrupted_with_its_checkpoint_when_its_pr
     finally:
         trainer.kill()
         trainer.wait()
+
+
+def test_a_resumed_grpo_run_stores_each_steps_rollouts_once(tmp_path):
+    """A GRPO run's rollouts file grows by attempts; the rerun that continues the run drops the lines of
+    the steps it samples again, and ingesting skips the steps stored by the earlier attempt."""
+    from plumb.pipeline.train import ingest_rollouts, trim_rollouts
+
+    def lines(steps, tag):
+        return "".join(json.dumps({
+            "run_id": run_id, "step": s, "group": g, "messages": [{"role": "user", "content": f"q{g}"}],
+            "completion": f"{tag} {s}.{g}", "finish_reason": "stop", "tokens": 2, "sampler": "hf", "params": {},
+            "rewards": [{"name": "max_words", "value": 1.0, "status": "ok", "detail": "", "seconds": 0.0,
+                         "check": None}], "reward": 1.0, "advantage": 0.0}) + "\n" for s in steps for g in (0, 1))
+
+    store = Store(tmp_path / "s.db")
+    out = tmp_path / "out"
+    out.mkdir()
+    prov = Provenance(model="hf:x", plugin="grpo")
+    run_id = store.start_run("grpo", {}, str(out), prov)
+    (out / "rollouts.jsonl").write_text(lines([1, 2, 3], "first") + '{"run_id": 1, "st')  # killed mid-line
+    assert ingest_rollouts(store, run_id, str(out), prov) == 6  # the first attempt's parent stored them
+    store.finish_run(run_id, "failed", "boom")
+    store.resume_run(run_id, 2)  # the rerun resumes the step-2 checkpoint: step 3 is sampled again
+    trim_rollouts(str(out), run_id, 2)
+    with open(out / "rollouts.jsonl", "a") as f:
+        f.write(lines([3, 4], "second"))
+    assert ingest_rollouts(store, run_id, str(out), prov) == 4
+    rows = store.query("SELECT r.step, s.text FROM rollouts r JOIN samples s ON s.id = r.sample_id"
+                       " WHERE run_id = ? ORDER BY r.step, r.group_index", (run_id,))
+    assert [(r[0], r[1]) for r in rows] == [
+        (1, "first 1.0"), (1, "first 1.1"), (2, "first 2.0"), (2, "first 2.1"),
+        (3, "second 3.0"), (3, "second 3.1"), (4, "second 4.0"), (4, "second 4.1")]

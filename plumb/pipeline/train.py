@@ -171,21 +171,23 @@ def tasks_for(session: Session, opts: TrainOptions, const: Any,
 
 
 def ingest_rollouts(store: Store, run_id: int, out_dir: str, prov: Provenance) -> int:
-    """Store a run's ``OUT/rollouts.jsonl`` lines (this run's only): a sample of kind 'rollout' with its
-    provenance, its rewards and its rollout row (step, group, weighted reward, advantage)."""
+    """Store a run's ``OUT/rollouts.jsonl`` lines (this run's only, of steps not stored yet: a resumed run
+    has them from its earlier attempt): a sample of kind 'rollout' with its provenance, its rewards and its
+    rollout row (step, group, weighted reward, advantage)."""
     from plumb.core.records import Reward
 
     path = Path(out_dir) / "rollouts.jsonl"
     if not path.is_file():
         return 0
     n = 0
+    stored = {r[0] for r in store.query("SELECT DISTINCT step FROM rollouts WHERE run_id = ?", (run_id,))}
     with store.transaction():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 r = json.loads(line)
             except ValueError:  # a line cut short by a kill
                 continue
-            if r.get("run_id") != run_id:
+            if r.get("run_id") != run_id or r.get("step") in stored:
                 continue
             pid = store.add_prompt(r["messages"], source=f"{prov.plugin} run {run_id}")
             p = Provenance(prov.model, r["sampler"], {**r["params"], "step": r["step"]}, prov.plugin,
@@ -256,6 +258,7 @@ def train(session: Session, opts: TrainOptions, sink: EventSink | None = None) -
         again = earlier if earlier is not None else _earlier(session.store, key, out_dir)
         if again is not None and again["status"] in ("interrupted", "failed") and again["out_dir"] == out_dir:
             resume = (again["id"], checkpoints.step_of(last))
+            trim_rollouts(out_dir, *resume)
             emit(Event("log", again["id"], message=f"continuing run {again['id']} ({again['status']}) from {last}"))
     elif options.get("resume"):
         raise PlumbError(f"--resume: no checkpoint in {Path(out_dir) / 'checkpoints'}; start without --resume.",
@@ -288,6 +291,25 @@ def _new_dir(base: Path) -> str:
         k += 1
         path = base.with_name(f"{base.name}-{k}")
     return str(path)
+
+
+def trim_rollouts(out_dir: str, run_id: int, from_step: int) -> None:
+    """Before run ``run_id`` resumes at ``from_step``: drop its ``OUT/rollouts.jsonl`` lines of later steps
+    (they are sampled again), so the file holds each step once."""
+    path = Path(out_dir) / "rollouts.jsonl"
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+            continue
+        if r.get("run_id") != run_id or r.get("step", 0) <= from_step:
+            keep.append(line + "\n")
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(keep), encoding="utf-8")
+    tmp.replace(path)
 
 
 def _store_file(session: Session) -> str | None:
