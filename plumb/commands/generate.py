@@ -6,6 +6,7 @@ import click
 
 from plumb.commands import echo_json, session_from
 from plumb.core.errors import PlumbError
+from plumb.core.text import printable
 
 
 @click.command()
@@ -28,7 +29,8 @@ def generate(ctx: click.Context, prompts: tuple[str, ...], model_spec: str | Non
     """Sample N answers per prompt and store them (PROMPTS, or the workspace's prompts).
 
     A rerun with the same model and settings only makes the samples still missing
-    (after an interruption, say); --again samples anew.
+    (after an interruption, say); --again samples anew. Answers are printed with their control
+    characters escaped; --json keeps the exact text.
     """
     from plumb.commands.progress import Progress
     from plumb.core.records import SamplingParams
@@ -46,13 +48,13 @@ def generate(ctx: click.Context, prompts: tuple[str, ...], model_spec: str | Non
                    "failed": [{"prompt_id": p, "prompt": t, "error": e} for p, t, e in out.failed]})
     else:
         for s in out.stored:
-            click.echo(f"[{s['prompt_id']}:{s['id']}] {s['text']}")
+            click.echo(printable(f"[{s['prompt_id']}:{s['id']}] {s['text']}"))
         reused = f" ({out.reused} already there)" if out.reused else ""
         click.echo(f"stored {len(out.stored)} samples{reused} from {out.spec} ({out.plugin} {out.version}), "
                    f"constitution {out.constitution_hash}.")
     if out.failed:
         for p, text, err in out.failed:
-            click.echo(f"failed prompt {p} ({text[:50]!r}): {err}", err=True)
+            click.echo(printable(f"failed prompt {p} ({text[:50]!r}): {err}"), err=True)
         raise PlumbError(f"{len(out.failed)} of {out.prompts} prompts failed (listed above); the other answers are stored.")
 
 

@@ -14,6 +14,7 @@ import textwrap
 import click
 
 from plumb.commands import session_from
+from plumb.core.text import printable
 
 KEYS = {"a": "first", "b": "second", "t": "tie"}
 
@@ -27,10 +28,10 @@ def _read_key() -> str:
 
 def _show(pair, n: int, total: int) -> None:
     width = min(100, shutil.get_terminal_size().columns)
-    click.echo(click.style(f"\n[{n}/{total}] ", bold=True) + pair.prompt)
+    click.echo(click.style(f"\n[{n}/{total}] ", bold=True) + printable(pair.prompt))
     for name, text in (("A", pair.first), ("B", pair.second)):
         click.echo(click.style(f"--- {name} ---", fg="cyan"))
-        click.echo("\n".join(textwrap.fill(p, width) for p in text.splitlines() or [""]))
+        click.echo("\n".join(textwrap.fill(p, width) for p in printable(text).split("\n")))
     click.echo("a / b better, t tie, s skip, u undo, q quit: ", nl=False)
 
 

@@ -8,6 +8,7 @@ import click
 
 from plumb.commands import echo_json
 from plumb.core.errors import PlumbError
+from plumb.core.text import printable
 
 
 @click.command()
@@ -18,7 +19,9 @@ from plumb.core.errors import PlumbError
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def verify(ctx: click.Context, task_path: str, completion_path: str, as_json: bool) -> None:
-    """Score COMPLETION for TASK with every verifier that applies (builtins and plugins)."""
+    """Score COMPLETION for TASK with every verifier that applies (builtins and plugins).
+
+    A detail that quotes the completion shows its control characters escaped (--json keeps them)."""
     from plumb.commands import session_from
     from plumb.core.dataio import read_task
     from plumb.core.records import Completion
@@ -41,7 +44,7 @@ def verify(ctx: click.Context, task_path: str, completion_path: str, as_json: bo
     if not rewards:
         click.echo("no verifier applies to this task (give it tests, an answer, a schema or meta.regex).")
     for r in rewards:
-        click.echo(f"{r.name:<14} {r.value:6.3f}  {r.status:<7} {r.detail}")
+        click.echo(printable(f"{r.name:<14} {r.value:6.3f}  {r.status:<7} {r.detail}"))
 
 
 def register(cli: click.Group) -> None:

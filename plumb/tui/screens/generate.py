@@ -23,6 +23,7 @@ from textual.markup import escape
 from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, RichLog, Select, Static, TextArea
 
 from plumb.core.errors import PlumbError
+from plumb.core.text import printable
 from plumb.tui.screens.base import PlumbScreen, number
 from plumb.tui.widgets.critique_view import CritiqueItem, CritiqueView
 from plumb.tui.widgets.field_row import FieldRow
@@ -173,12 +174,12 @@ class GenerateScreen(PlumbScreen):
     def progressed(self, message: PlumbScreen.PipelineEvent) -> None:
         event = message.event
         if event.kind == "stage":
-            self.status(escape(event.message))
+            self.status(escape(printable(event.message)))
             self.query_one("#gen-progress", ProgressBar).update(total=event.total or None, progress=0)
         elif event.kind == "progress":
             self.query_one("#gen-progress", ProgressBar).update(total=event.total, progress=event.step)
         elif event.message:
-            self.query_one("#gen-log", RichLog).write(event.message)
+            self.query_one("#gen-log", RichLog).write(printable(event.message))
 
     def ended(self, out: Any) -> None:
         """The work is over: a bar still waiting for its total shows full (done) or empty (stopped, failed)."""
@@ -194,13 +195,13 @@ class GenerateScreen(PlumbScreen):
             self.status("Stopped. What was finished is stored; the same settings again make only the rest.")
             return
         if out is None:
-            self.status(f"[red]Not sampled[/]: {escape(error)}")
+            self.status(f"[red]Not sampled[/]: {escape(printable(error))}")
             self.fail("sampling stopped", error)
             return
         for s in out.stored:
-            log.write(f"[{s['prompt_id']}:{s['id']}] {s['text']}")
+            log.write(printable(f"[{s['prompt_id']}:{s['id']}] {s['text']}"))
         for prompt_id, prompt, why in out.failed:
-            log.write(f"failed prompt {prompt_id} ({prompt[:50]!r}): {why}")
+            log.write(printable(f"failed prompt {prompt_id} ({prompt[:50]!r}): {why}"))
         reused = f" ({out.reused} already there)" if out.reused else ""
         self.status(f"Stored {len(out.stored)} answers{reused} from {escape(str(out.spec))} "
                     f"({escape(out.plugin)} {escape(out.version)}). Next: ctrl+g critiques them, or press 4 "
@@ -213,7 +214,7 @@ class GenerateScreen(PlumbScreen):
             self.status("Stopped. What was finished is stored; ctrl+g again critiques only the rest.")
             return
         if out is None:
-            self.status(f"[red]Not critiqued[/]: {escape(error)}")
+            self.status(f"[red]Not critiqued[/]: {escape(printable(error))}")
             self.fail("critique stopped", error)
             return
         flags = ", ".join(f"{k} {v}" for k, v in out.flags.most_common()) or "none"

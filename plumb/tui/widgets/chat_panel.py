@@ -7,7 +7,8 @@ thread worker (``plumb.plugins.llamacpp.stream``), posted to the UI with
 alone (the adapter at scale 0) or with the tuned adapter (scale 1); the GGUF
 is loaded once and kept, switching only rescales the adapter. The GGUF paths
 come from ``models()``, a callable the owning screen passes in. Chat turns
-are not stored.
+are not stored. Control characters in the turns are shown escaped
+(``plumb.core.text.printable``); ``history`` keeps the exact text.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from textual.worker import get_current_worker
 
 from plumb.core.errors import PlumbError
 from plumb.core.records import SamplingParams
+from plumb.core.text import printable
 
 SIDES = {"base": 0.0, "tuned": 1.0}  # the adapter's scale
 
@@ -85,7 +87,7 @@ class ChatPanel(Vertical):
     def _say(self, speaker: str, text: str) -> None:
         log = self.query_one("#chat-log", VerticalScroll)
         log.mount(Static(speaker, classes="chat-speaker", markup=False))
-        log.mount(Static(text, classes="chat-text", markup=False))
+        log.mount(Static(printable(text), classes="chat-text", markup=False))
         log.scroll_end(animate=False)
 
     @work(thread=True, exclusive=True, group="chat", exit_on_error=False)
@@ -117,7 +119,7 @@ class ChatPanel(Vertical):
     def _text(self, turn: int, text: str) -> None:
         """The streaming reply so far replaces the last turn's text."""
         if turn == self.turn:
-            self.query(".chat-text").last(Static).update(text)
+            self.query(".chat-text").last(Static).update(printable(text))
             self.query_one("#chat-log", VerticalScroll).scroll_end(animate=False)
 
     def _done(self, turn: int, text: str | None, error: str) -> None:

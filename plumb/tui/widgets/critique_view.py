@@ -3,7 +3,8 @@
 Each item is a draft with the latest round of its critique chain (round k
 critiques round k-1's revision). A flagged revision — empty, a copy of what it
 revises, talk about the critique, a broken check — is marked with its flags:
-the pipeline never uses it as a chosen answer.
+the pipeline never uses it as a chosen answer. Control characters in the texts are shown
+escaped (``plumb.core.text.printable``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
+
+from plumb.core.text import printable
 
 PANES = ("draft", "critique", "revision")
 
@@ -34,7 +37,7 @@ class CritiqueItem:
 
 
 def _line(text: str, width: int) -> str:
-    one = " ".join(text.split())
+    one = " ".join(printable(text).split())
     return one if len(one) <= width else one[:width - 1] + "…"
 
 
@@ -76,13 +79,13 @@ class CritiqueView(Vertical):
         titles = {"draft": Text(f"draft: {_line(item.prompt, 60)}", style="bold"),
                   "critique": Text(f"critique, round {item.round}" + (f" (of revision {item.round - 1})"
                                                                       if item.round > 1 else "")
-                                   + f": {item.principle}, by {item.critic}", style="bold"),
+                                   + f": {printable(item.principle)}, by {printable(item.critic)}", style="bold"),
                   "revision": Text.assemble((f"revision, round {item.round}\n", "bold"),
                                             flagged if item.flags else ("usable", "green"))}
         texts = {"draft": item.draft, "critique": item.critique, "revision": item.revision}
         for pane in PANES:
             self.query_one(f"#crit-title-{pane}", Static).update(titles[pane])
-            self.query_one(f"#crit-{pane}", Static).update(texts[pane])
+            self.query_one(f"#crit-{pane}", Static).update(printable(texts[pane]))
             self.query_one(f"#crit-pane-{pane}", VerticalScroll).scroll_home(animate=False)
 
     @property
