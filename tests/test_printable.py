@@ -113,3 +113,16 @@ def test_the_tui_shows_a_hostile_answer_escaped(workspace):
         assert SHOWN[:30] in lines and not _raw_controls(lines)
 
     run(app, generate)
+
+
+def test_label_shows_the_pair_escaped(workspace, runner):
+    from plumb.core.store import Provenance
+
+    with workspace.store() as store:
+        pid = store.add_prompt([{"role": "user", "content": "Capital\x1b[31m of France?"}], split="train")
+        for text in (HOSTILE, "Paris."):
+            store.add_sample(pid, text, Provenance(model="m", backend="b"))
+    res = runner.invoke(cli, ["label"], input="q\n")
+    assert res.exit_code == 0, res.output
+    assert "Capital\\x1b[31m of France?" in res.output and SHOWN in res.output
+    assert not _raw_controls(res.output)
