@@ -179,8 +179,8 @@ def test_hook_context_generates_scores_and_cancels(workspace):
         assert ctx.generate("echo:x", [Chat.from_user("abc")], SamplingParams(n=2))[0][0].text == "cba"
         assert ctx.option_logprobs("echo:x", [Chat.from_user("abc")], ["A", "B"]) is None  # echo cannot
         task = Task(Chat(()), meta={"check": {"verifier": "max_words", "params": {"n": 2}}})
-        rewards = ctx.reward([task, task], [Completion("one two", "m", "b"), Completion("one two three", "m", "b")])
-        assert [[r.value for r in row] for row in rewards] == [[1.0], [0.0]]
+        rewards = ctx.reward([task] * 3, [Completion(t, "m", "b") for t in ("one two", "one two three", "1 2 3 4")])
+        assert [[r.value for r in row] for row in rewards] == [[1.0], [0.5], [0.0]]  # graded: 0 at twice the limit
         ctx.log("hi")
         assert events[0].kind == "log" and events[0].run_id == 5
         assert not ctx.cancelled()

@@ -19,8 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from plumb.core.rewards import check_completions
-from plumb.core.records import Completion
+from plumb.core.checks import check_texts
 from plumb.pipeline.session import Session
 from plumb.pipeline.stats import Rate
 
@@ -70,13 +69,13 @@ def agreement(session: Session, judge: str | None = None, constitution: str | No
     out.with_person = {k: Rate(*v) for k, v in tallies.items()}
 
     texts = sorted({t for r in model for t in (r["a"], r["b"])})
-    results = dict(zip(texts, check_completions(session.pm, const, [Completion(t, "", "") for t in texts])))
+    results = dict(zip(texts, check_texts(session.pm, const, texts)))
     tallies = {}
     for p in (p for p in const.principles if p.checks):
         for r in model:
             if r["principle_id"] not in (None, p.id):
                 continue
-            score = {side: sum(rw.value for pid, rw in results[r[side]] if pid == p.id) for side in ("a", "b")}
+            score = {side: results[r[side]].graded(p.id) for side in ("a", "b")}
             if score["a"] == score["b"]:
                 continue
             better = r["a_id"] if score["a"] > score["b"] else r["b_id"]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from plumb.core.records import Chat, Completion, Event, EventSink, ModelSpec, SamplingParams
-from plumb.core.rewards import check_completions
+from plumb.core.records import Chat, Event, EventSink, ModelSpec, SamplingParams
+from plumb.core.checks import check_texts
 from plumb.core.store import Provenance
 from plumb.pipeline.session import Session
 
@@ -29,6 +29,7 @@ class CompareOptions:
     params: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.0, max_tokens=120))
     constitution: str | None = None
     limit: int | None = None  # the split's first N prompts
+    sides: tuple[str, ...] = ("base", "tuned")  # ("base",): the base's answers alone
 
 
 @dataclass
@@ -48,8 +49,9 @@ class Row:
 @dataclass
 class Compared:
     rows: list[Row]
-    checks: dict[str, float]  # side -> fraction of the constitution's checks passed
+    checks: dict[str, float]  # side -> pooled share of the constitution's checks passed
     constitution_hash: str
+    scores: dict[str, float] = field(default_factory=dict)  # side -> mean graded score (plumb.core.checks)
 
 
 def compare(session: Session, opts: CompareOptions, sink: EventSink | None = None) -> Compared:
@@ -57,13 +59,16 @@ def compare(session: Session, opts: CompareOptions, sink: EventSink | None = Non
     const = session.constitution(opts.constitution)
     prompts = session.store.prompts(opts.split)[:opts.limit]
     chats = [Chat.from_dicts(json.loads(p["messages"])) for p in prompts]
-    emit(Event("stage", stage="compare", total=len(SIDES) * len(prompts),
-               message=f"base vs tuned on {len(prompts)} {opts.split} prompts"))
+    emit(Event("stage", stage="compare", total=len(opts.sides) * len(prompts),
+               message=f"{' vs '.join(opts.sides)} on {len(prompts)} {opts.split} prompts"))
     answers: dict[str, list[str]] = {}
     ids: dict[str, list[int]] = {}
     checks: dict[str, float] = {}
-    for k, (side, scale) in enumerate(SIDES):
-        spec = ModelSpec("llamacpp", opts.base_gguf, lora=opts.adapter_gguf, lora_scale=scale)
+    scores: dict[str, float] = {}
+    for k, (side, scale) in enumerate(s for s in SIDES if s[0] in opts.sides):
+        # the base is the base whatever adapter sits beside it: its answers are made once and reused
+        spec = (ModelSpec("llamacpp", opts.base_gguf) if side == "base" else
+                ModelSpec("llamacpp", opts.base_gguf, lora=opts.adapter_gguf, lora_scale=scale))
         prov = Provenance(model=f"{spec}@{scale:g}", backend="llamacpp", params=opts.params.to_dict(),
                           constitution_hash=const.hash)
         have = session.store.samples_made(prov, [p["id"] for p in prompts])
@@ -78,10 +83,12 @@ def compare(session: Session, opts: CompareOptions, sink: EventSink | None = Non
             have = session.store.samples_made(prov, [p["id"] for p in prompts])
         answers[side] = [have[p["id"]][0]["text"] for p in prompts]
         ids[side] = [have[p["id"]][0]["id"] for p in prompts]
-        results = check_completions(session.pm, const, [Completion(t, str(spec), "llamacpp") for t in answers[side]])
-        total = sum(len(r) for r in results)
-        checks[side] = sum(rw.value for r in results for _, rw in r) / total if total else float("nan")
-        emit(Event("progress", stage="compare", step=(k + 1) * len(prompts), total=len(SIDES) * len(prompts)))
+        checked = check_texts(session.pm, const, answers[side], str(spec))
+        done, total = map(sum, zip(*(c.counts() for c in checked))) if checked else (0, 0)
+        checks[side] = done / total if total else float("nan")  # pooled share of checks passed, as evaluate
+        scores[side] = sum(c.score for c in checked) / len(checked) if checked else float("nan")
+        emit(Event("progress", stage="compare", step=(k + 1) * len(prompts), total=len(opts.sides) * len(prompts)))
+    tuned = "tuned" if "tuned" in answers else "base"
     rows = [Row(p["text"], b, t, p["id"], bi, ti)
-            for p, b, t, bi, ti in zip(prompts, answers["base"], answers["tuned"], ids["base"], ids["tuned"])]
-    return Compared(rows, checks, const.hash)
+            for p, b, t, bi, ti in zip(prompts, answers["base"], answers[tuned], ids["base"], ids[tuned])]
+    return Compared(rows, checks, const.hash, scores)

@@ -24,8 +24,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from plumb.core.errors import PlumbError
-from plumb.core.records import Chat, Completion, CritiqueRequest, Event, EventSink
-from plumb.core.rewards import check_completions
+from plumb.core.records import Chat, CritiqueRequest, Event, EventSink
+from plumb.core.checks import check_texts, passed
 from plumb.core.store import Provenance
 from plumb.pipeline.session import Session
 
@@ -71,10 +71,6 @@ def revision_flags(draft: str, revision: str, draft_passed: set[str], revision_p
         flags.append("talks-about-critique")
     flags += [f"breaks-check:{c}" for c in sorted(draft_passed - revision_passed)]
     return tuple(flags)
-
-
-def _passed(results) -> set[str]:
-    return {f"{pid}/{r.name}" for pid, r in results if r.status == "ok" and r.value >= 1.0}
 
 
 def critique(session: Session, opts: CritiqueOptions, sink: EventSink | None = None) -> Critiqued:
@@ -126,19 +122,19 @@ def critique(session: Session, opts: CritiqueOptions, sink: EventSink | None = N
 def _store_chunk(session: Session, const, critic, chunk, results, prov: Provenance, out: Critiqued) -> None:
     pm, store = session.pm, session.store
     texts = [d["text"] for d in chunk] + [c.revision for rounds in results for c in rounds]
-    checks = check_completions(pm, const, [Completion(t, str(critic), critic.backend) for t in texts])
-    passed = {i: _passed(r) for i, r in enumerate(checks)}
+    checks = check_texts(pm, const, texts, str(critic))
+    passes = {i: {f"{pid}/{r.name}" for pid, r in c.results if passed(r)} for i, c in enumerate(checks)}
     k = len(chunk)
     with store.transaction():
         for i, (draft, rounds) in enumerate(zip(chunk, results)):
-            parent_id, parent_text, parent_passed = draft["id"], draft["text"], passed[i]
+            parent_id, parent_text, parent_passed = draft["id"], draft["text"], passes[i]
             for c in rounds:
-                c.flags = revision_flags(parent_text, c.revision, parent_passed, passed[k])
+                c.flags = revision_flags(parent_text, c.revision, parent_passed, passes[k])
                 rev_id = store.add_sample(draft["prompt_id"], c.revision, prov, kind="revision", parent_id=parent_id)
                 store.add_critique(parent_id, c, rev_id, prov)
                 out.rounds += 1
                 out.flags.update({f.split(":")[0] for f in c.flags})  # each kind once per revision
                 if c.revision.strip():  # the next round critiqued this revision (cai.py: empty ones are skipped)
-                    parent_id, parent_text, parent_passed = rev_id, c.revision, passed[k]
+                    parent_id, parent_text, parent_passed = rev_id, c.revision, passes[k]
                 k += 1
             out.usable += bool(rounds) and not rounds[-1].flags

@@ -18,8 +18,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from plumb.core.records import Chat, Completion, Event, EventSink, JudgeRequest, SamplingParams
-from plumb.core.rewards import check_completions
+from plumb.core.records import Chat, Event, EventSink, JudgeRequest, SamplingParams
+from plumb.core.checks import check_texts, tally
 from plumb.core.store import Provenance
 from plumb.pipeline.compare import CompareOptions, compare
 from plumb.pipeline.session import Session
@@ -42,10 +42,12 @@ class Side:
     checks: dict[str, Rate]  # principle id (and "all") -> checks passed
     mean_words: float
     distinct2: float
+    degenerate: float = 0.0  # share of answers whose 4-grams repeat over 30% of the time
+    per_prompt: list[tuple[int, int]] = field(default_factory=list)  # (checks passed, checks run) per answer
 
     def to_dict(self) -> dict[str, Any]:
         return {"checks": {k: v.to_dict() for k, v in self.checks.items()}, "mean_words": self.mean_words,
-                "distinct2": self.distinct2}
+                "distinct2": self.distinct2, "degenerate": self.degenerate}
 
 
 @dataclass
@@ -56,9 +58,14 @@ class Evaluation:
     win: dict[str, Any] = field(default_factory=dict)  # wins, losses, ties, n, rate, lo, hi; {} without a judge
     examples: list[dict[str, str]] = field(default_factory=list)
 
+    @property
+    def difference(self) -> dict[str, float]:
+        """Tuned minus base pooled pass rate, with a 95% paired bootstrap interval over the prompts."""
+        return paired_difference(self.base.per_prompt, self.tuned.per_prompt)
+
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "base": self.base.to_dict(), "tuned": self.tuned.to_dict(), "win_rate": self.win,
-                "examples": self.examples}
+                "difference": self.difference, "examples": self.examples}
 
 
 def distinct2(texts: list[str]) -> float:
@@ -66,19 +73,40 @@ def distinct2(texts: list[str]) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def degenerate(text: str, share: float = 0.3) -> bool:
+    """True when more than ``share`` of the answer's word 4-grams are repeats (a loop)."""
+    w = text.lower().split()
+    grams = [tuple(w[i:i + 4]) for i in range(len(w) - 3)]
+    return len(grams) >= 4 and 1 - len(set(grams)) / len(grams) > share
+
+
+def paired_difference(base: list[tuple[int, int]], tuned: list[tuple[int, int]], draws: int = 2000,
+                      seed: int = 0) -> dict[str, float]:
+    """Pooled pass rate tuned - base over the same prompts, and its 95% interval by resampling prompts."""
+    import random
+
+    n = sum(t for _, t in base)
+    if not base or not n or len(base) != len(tuned):
+        return {}
+    diff = (sum(k for k, _ in tuned) - sum(k for k, _ in base)) / n
+    rng = random.Random(seed)
+    idx = range(len(base))
+    boot = []
+    for _ in range(draws):
+        pick = [rng.choice(idx) for _ in idx]
+        total = sum(base[i][1] for i in pick)
+        boot.append((sum(tuned[i][0] for i in pick) - sum(base[i][0] for i in pick)) / total if total else 0.0)
+    boot.sort()
+    return {"diff": diff, "lo": boot[int(0.025 * draws)], "hi": boot[int(0.975 * draws) - 1], "prompts": len(base)}
+
+
 def measure(session: Session, const: Any, texts: list[str]) -> Side:
-    results = check_completions(session.pm, const, [Completion(t, "eval", "eval") for t in texts])
-    checks: dict[str, list[int]] = {}
-    for row in results:
-        for pid, r in row:
-            for key in (pid, "all"):
-                checks.setdefault(key, [0, 0])
-                checks[key][0] += r.status == "ok" and r.value >= 1.0
-                checks[key][1] += 1
+    checked = check_texts(session.pm, const, texts, "eval")
+    counts = tally(checked, [p.id for p in const.principles])
     words = [len(t.split()) for t in texts]
-    order = sorted(checks, key=lambda k: k == "all")  # principles in the constitution's order, then all
-    return Side({k: Rate(*checks[k]) for k in order}, round(sum(words) / len(words), 1) if words else 0.0,
-                round(distinct2(texts), 4))
+    return Side({k: Rate(*v) for k, v in counts.items()}, round(sum(words) / len(words), 1) if words else 0.0,
+                round(distinct2(texts), 4), round(sum(map(degenerate, texts)) / len(texts), 4) if texts else 0.0,
+                [c.counts() for c in checked])
 
 
 def evaluate(session: Session, opts: EvalOptions, sink: EventSink | None = None) -> Evaluation:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plumb.core.errors import PlumbError
-from plumb.core.records import Chat, Completion, Event, EventSink, JudgeRequest, Judgment
-from plumb.core.rewards import check_completions
+from plumb.core.records import Chat, Event, EventSink, JudgeRequest, Judgment
+from plumb.core.checks import check_texts
 from plumb.core.store import Provenance, Store
 from plumb.pipeline.session import Session
 
@@ -146,10 +146,8 @@ def judge(session: Session, opts: JudgeOptions, sink: EventSink | None = None) -
 
 
 def check_scores(session: Session, const, texts: list[str]) -> list[float]:
-    """Each answer's weighted share of the constitution's checks passed."""
-    weight = {p.id: p.weight for p in const.principles}
-    results = check_completions(session.pm, const, [Completion(t, CHECKS, CHECKS) for t in texts])
-    return [sum(weight[pid] * r.value for pid, r in row) for row in results]
+    """Each answer's graded score by the constitution's checks (``plumb.core.checks``)."""
+    return [c.score for c in check_texts(session.pm, const, texts, CHECKS)]
 
 
 def by_the_checks(session: Session, const, pairs: list[dict[str, Any]]) -> list[Judgment]:
@@ -159,5 +157,5 @@ def by_the_checks(session: Session, const, pairs: list[dict[str, Any]]) -> list[
         a, b = scores[2 * i], scores[2 * i + 1]
         winner = "a" if a > b else "b" if b > a else "tie"
         out.append(Judgment(winner, {"a": 1.0, "b": 0.0, "tie": 0.5}[winner], CHECKS, source="checks",
-                            reason=f"checks score a {a:g}, b {b:g}"))
+                            reason=f"checks score a {a:.4g}, b {b:.4g}"))
     return out

@@ -1,6 +1,11 @@
 """Style verifiers for measurable principles: word and sentence limits, no
 exclamation marks, answer-first, regex.
 
+Every check is graded: its value is 1.0 exactly when the answer passes, and
+less the further it falls short (words over the limit, the number of
+exclamation marks or forbidden phrases), so two answers to one prompt rarely
+tie; a pass is ``value >= 1.0`` (``plumb.core.checks``).
+
 A constitution names them in ``[[principles.checks]]``;
 ``plumb.core.rewards.check_completions`` runs them. Each is a per-item
 ``score`` function handed over at registration that answers only for a task
@@ -28,19 +33,26 @@ def words(text: str) -> int:
     return len(text.split())
 
 
+def _over(count: int, limit: int) -> float:
+    """1 at or under ``limit``, then falling linearly to 0 at twice the limit."""
+    if count <= limit:
+        return 1.0
+    return max(0.0, 1.0 - (count - limit) / max(limit, 1))
+
+
 def _max_words(text: str, n: int = 80) -> tuple[float, str]:
     w = words(text)
-    return float(w <= n), f"{w} words (limit {n})"
+    return _over(w, n), f"{w} words (limit {n})"
 
 
 def _max_sentences(text: str, n: int = 3) -> tuple[float, str]:
     s = len([p for p in re.split(r"(?<=[.!?])\s+", text.strip()) if p])
-    return float(s <= n), f"{s} sentences (limit {n})"
+    return _over(s, n), f"{s} sentences (limit {n})"
 
 
 def _no_exclamation(text: str) -> tuple[float, str]:
     c = text.count("!")
-    return float(c == 0), f"{c} exclamation marks"
+    return 1.0 / (1 + c), f"{c} exclamation marks"
 
 
 def _starts_with_answer(text: str) -> tuple[float, str]:
@@ -55,19 +67,22 @@ def _starts_with_answer(text: str) -> tuple[float, str]:
 
 
 def _regex(text: str, pattern: str, must_match: bool = True) -> tuple[float, str]:
+    """must_match: 1 if found, else 0. must_match = false: 1 if absent, 1/(1 + k) for k matches."""
     try:
-        found = re.search(pattern, text) is not None
+        found = sum(1 for _ in re.finditer(pattern, text))
     except re.error as exc:
         return 0.0, f"bad pattern: {exc}"
-    return float(found == must_match), f"pattern {'found' if found else 'not found'}"
+    if must_match:
+        return float(found > 0), f"pattern {'found' if found else 'not found'}"
+    return 1.0 / (1 + found), f"pattern found {found} times" if found else "pattern not found"
 
 
 CHECKS: dict[str, tuple[Callable[..., tuple[float, str]], str]] = {
-    "max_words": (_max_words, "1 if the answer has at most n words"),
-    "max_sentences": (_max_sentences, "1 if the answer has at most n sentences"),
-    "no_exclamation": (_no_exclamation, "1 if the answer has no '!'"),
+    "max_words": (_max_words, "1 at most n words, falling linearly to 0 at 2n"),
+    "max_sentences": (_max_sentences, "1 at most n sentences, falling linearly to 0 at 2n"),
+    "no_exclamation": (_no_exclamation, "1 with no '!', 1/(1+k) with k of them"),
     "starts_with_answer": (_starts_with_answer, "1 unless the answer opens with filler ('Great question!')"),
-    "regex": (_regex, "1 if `pattern` is found (or not found, with must_match = false)"),
+    "regex": (_regex, "1 if `pattern` is found (must_match = false: 1 if absent, 1/(1+k) for k matches)"),
 }
 
 
