@@ -172,7 +172,8 @@ def _config(argv: list[str] | None, files: dict[str, str | bytes], limits: Limit
     if sum(map(len, data.values())) > limits.disk_mb << 20:
         raise ValueError(f"the files do not fit in the sandbox's {limits.disk_mb} MB")
     uid = _UIDS[0] + secrets.randbelow(_UIDS[1] - _UIDS[0] - 1) if _machine_root() else -1
-    work = f"size={limits.disk_mb}m,nr_inodes=4096,mode=700" + (f",uid={uid},gid={uid}" if uid >= 0 else "")
+    owner = uid + 1 if uid >= 0 and peer else uid  # with a peer, the work dir is the peer's
+    work = f"size={limits.disk_mb}m,nr_inodes=4096,mode=700" + (f",uid={owner},gid={owner}" if uid >= 0 else "")
     binds, links = _root()
     memory = limits.memory_mb << 20
     return {
@@ -192,6 +193,7 @@ def _config(argv: list[str] | None, files: dict[str, str | bytes], limits: Limit
                 "fs/mqueue/msgsize_max": "8192"},
         "pivot_root": _PIVOT_ROOT[_ARCHES.get(platform.machine(), (0,))[0]],
         "uid": uid,
+        "owner": owner,
         "peer_uid": uid + 1 if uid >= 0 else -1,
         # the init and unshare count towards the cap in a user namespace (and the peer's reaper)
         "nproc": limits.processes + (0 if uid >= 0 else 3),
@@ -228,6 +230,14 @@ def _root() -> tuple[list[tuple[str, str]], dict[str, str]]:
         binds.append((path, f"/.plumb/{n}" if private else path))
     binds += [(path, path) for path in ("/etc/ld.so.cache", *_DEVICES) if os.path.exists(path)]
     return binds, links
+
+
+def path_inside(path: str) -> str | None:
+    """Where ``path`` (a directory or file of this Python's) is inside the sandbox; None if not there."""
+    for host, inside in _root()[0]:
+        if _within(path, host):
+            return inside + path[len(host):]
+    return None
 
 
 def _inside(argv: list[str] | None, binds: list[tuple[str, str]]) -> list[str] | None:

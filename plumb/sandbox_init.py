@@ -85,8 +85,8 @@ def filesystem():
         path = "/tmp/" + name
         with open(path, "wb") as f:
             f.write(data)
-        if cfg["uid"] >= 0:
-            os.chown(path, cfg["uid"], cfg["uid"])
+        if cfg["owner"] >= 0:
+            os.chown(path, cfg["owner"], cfg["owner"])
 
 def ipc_limits():
     if os.stat(ROOT + "/proc/self/ns/ipc").st_ino == cfg["host_ipc"]:
@@ -127,11 +127,13 @@ def syscalls():
     check(libc.prctl(22, 2, struct.pack("@HP", len(prog) // 8, ctypes.addressof(insns)), 0, 0), "seccomp")
 
 def start(argv, uid, fds):
-    """Fork the code's process: ``fds`` are (fd inside, fd here); the rest is closed by exec."""
+    """Fork the code's process: ``fds`` are (fd inside, fd here); the rest is closed by exec. It
+    works in /tmp if it owns it (with a peer, the peer does), else in /."""
     child = os.fork()
     if child:
         return child
-    os.chdir("/tmp")
+    os.setsid()  # its own session and process group: kill(0, ...) reaches none of ours
+    os.chdir("/tmp" if uid == cfg["owner"] else "/")
     high = [(inside, fcntl.fcntl(here, fcntl.F_DUPFD_CLOEXEC, 100)) for inside, here in fds]
     for inside, here in high:
         os.dup2(here, inside)  # inheritable
@@ -172,7 +174,8 @@ def reaper(argv, fds):
     except OSError as exc:
         say(f"fail processes {exc}")
         os._exit(255)
-    peer = start(argv, cfg["peer_uid"], fds)
+    null = os.open("/dev/null", os.O_RDONLY)
+    peer = start(argv, cfg["peer_uid"], fds + [(0, null), (1, 2)])  # not the main's stdin, nor its stdout
     for _, here in fds:
         os.close(here)
     wait(peer, clock() + cfg["deadline"])

@@ -50,11 +50,11 @@ import hashlib
 import hmac
 import marshal
 import os
-import re
 import secrets
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from plumb import sandbox
@@ -64,8 +64,7 @@ DETAIL_CHARS = 4000
 _TESTS_FILE = sandbox.WORKDIR + "/test_task.py"
 _RECORD = "plumb-test-record"
 _SCRIPT = "<script>"  # the one test of a script of asserts
-_SHAPES = {"done": (), "solution-error": (str,), "task-error": (str,), "test": (str, bool, str)}  # the runner's records
-_FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:^[ \t]*```|\Z)", re.S | re.M)
+_SHAPES = {"done": (), "solution-error": (str,), "task-error": (str,), "gone": (str,), "test": (str, bool, str)}  # the runner's records
 
 
 @dataclass
@@ -83,14 +82,42 @@ class TestOutcome:
 
 def extract_code(text: str) -> str | None:
     """The first ```python (or ```py, or bare ```) fenced block, else the whole text if it parses as Python."""
-    for match in _FENCE.finditer(text):
-        if match.group(1).lower() in ("", "python", "py", "python3"):
-            return match.group(2)
+    code, fenced = _code_of(text)
+    if fenced or code is None:
+        return code
     try:
-        ast.parse(text)
-    except (SyntaxError, ValueError):  # ValueError: NUL bytes
+        ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # ValueError: NUL bytes
         return None
-    return text if text.strip() else None
+    return code
+
+
+def _code_of(text: str) -> tuple[str | None, bool]:
+    """(the first Python fenced block, True), else (the whole text, False) unless it is blank. One
+    pass over the lines, in linear time: a regex or a parse of model text here would hold the GIL
+    for as long as the text makes it (whether the text is Python is decided inside the sandbox)."""
+    pos, n = 0, len(text)
+    while (end := text.find("\n", pos)) >= 0:  # an opening fence is a whole line
+        opening = text[pos:end].lstrip(" \t")
+        pos = end + 1
+        if not opening.startswith("```"):
+            continue
+        info = opening[3:].lstrip(" \t")
+        length = next((i for i, c in enumerate(info) if not (c.isalnum() or c in "_+-")), len(info))
+        start = stop = pos
+        while stop < n:  # the block ends before a line that starts with ```, or at the end
+            line_end = text.find("\n", stop)
+            line_end = n if line_end < 0 else line_end
+            if text[stop:line_end].lstrip(" \t").startswith("```"):
+                break
+            stop = line_end + 1
+        stop = min(stop, n)
+        if info[:length].lower() in ("", "python", "py", "python3"):
+            return text[start:stop], True
+        pos = text.find("\n", stop) + 1 if stop < n else n
+        if pos == 0:
+            break
+    return (text, False) if text.strip() else (None, False)
 
 
 def run_tests(
@@ -111,14 +138,15 @@ def run_tests(
     if len(completion) > MAX_COMPLETION_CHARS:
         too_large = f"the completion is too large ({len(completion)} characters, at most {MAX_COMPLETION_CHARS})"
         return outcome("error", too_large, total=total)
-    solution = extract_code(completion)
+    solution, fenced = _code_of(completion)
     if solution is None:
         return outcome("error", "no Python code in the completion", total=total)
     key = secrets.token_bytes(32)
-    files = {"solution.py": solution, _TESTS_FILE.rsplit("/", 1)[1]: tests}
-    importable = os.pathsep.join(filter(None, sys.path))  # plumb's own import path; -S skips .pth files: faster
-    argv = [sys.executable, "-I", "-S", "-c", _RUNNER, importable, *names]
-    result = sandbox.run(argv, files, limits, stdin=key + code)
+    importable = os.pathsep.join(p for p in map(sandbox.path_inside, filter(None, sys.path)) if p)
+    judge = [sys.executable, "-I", "-S", "-c", _JUDGE, importable, *names]
+    server = [sys.executable, "-I", "-S", "-c", _SERVER, importable]
+    given = key + marshal.dumps((code, names, tests, _TESTS_FILE))
+    result = sandbox.run(judge, {"solution.py": solution}, limits, stdin=given, peer=server)
     records = _records(result.stdout, key)
     verdicts: dict[str, list[bool]] = {}
     failures = []
@@ -127,18 +155,22 @@ def run_tests(
             verdicts.setdefault(record[1], []).append(record[2])
             failures += [f"{record[1]} failed:\n{record[3]}"] if not record[2] else []
     passed = sum(all(verdicts.get(name, [False])) for name in names or [_SCRIPT])
-    errors = {record[0]: record[1] for record in records if record[0] in ("task-error", "solution-error")}
+    errors = {record[0]: record[1] for record in records if record[0] in ("task-error", "solution-error", "gone")}
     output = [f"output:\n{result.stderr}"] if result.stderr.strip() else []
     detail = "\n".join(failures + list(errors.values()) + output)
     if "task-error" in errors:
         return outcome("task-error", f"the tests fail at import: {_last_line(errors['task-error'])}", 0, total, detail)
     if "solution-error" in errors:
         why = _last_line(errors["solution-error"])
+        if not fenced and why.startswith(("SyntaxError", "ValueError: source code", "IndentationError")):
+            return outcome("error", "no Python code in the completion", 0, total, detail)
         return outcome("error", f"the solution does not import: {why}", 0, total, detail)
     if result.status != "ok":
         return outcome("timeout" if result.status == "timeout" else "error", result.reason, passed, total, detail)
-    if ("done",) not in records:
+    if "gone" in errors or ("done",) not in records:
         ended = f"the run ended (exit code {result.returncode}) before the tests finished"
+        if "gone" in errors:
+            ended = f"{errors['gone']} before the tests finished"
         return outcome("error", ended, passed, total, detail)
     if result.leftover:
         left = f"the code left {result.leftover} process(es) running after it ended (killed)"
@@ -168,7 +200,7 @@ def _prepare(tests: str) -> tuple[list[str], bytes] | str:
 
 
 class _EqualityChecks(ast.NodeTransformer):
-    """``assert a == b`` becomes ``assert __plumb_equal__(a, b)`` (the runner's check)."""
+    """``assert a == b`` becomes ``assert __plumb_equal__(a, b)`` (the judge's check, which says what differed)."""
 
     def visit_Assert(self, node: ast.Assert) -> ast.Assert:
         test = node.test
@@ -207,91 +239,5 @@ def _truncate(text: str) -> str:
     return text if len(text) <= DETAIL_CHARS else text[:DETAIL_CHARS] + "\n... (truncated)"
 
 
-# The runner, run as ``python -I -S -c _RUNNER IMPORT_PATH NAME...`` in the sandbox (stdlib only).
-_RUNNER = r'''
-import marshal, os, sys, types
-from _blake2 import blake2b  # hashlib's, without loading OpenSSL: faster
-
-given = sys.stdin.buffer.read()
-key, code = given[:32], marshal.loads(given[32:])
-del given
-null = os.open(os.devnull, os.O_RDONLY)
-os.dup2(null, 0)
-records = os.dup(1)
-os.dup2(2, 1)  # what the solution prints goes to stderr
-
-
-def report(*fields):
-    body = repr(fields)
-    mac = blake2b(body.encode(), key=key, digest_size=16).hexdigest()
-    os.write(records, f"plumb-test-record {mac} {body}\n".encode())
-
-
-def failure(exc):
-    import traceback
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next))[-2000:]
-
-
-def finish():
-    report("done",)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-    os._exit(0)
-
-
-class Fresh:
-    pass
-
-
-def claims_anything(value):
-    try:
-        return bool(value == Fresh())
-    except Exception:
-        return False
-
-
-def equal(a, b):
-    if not a == b:
-        raise AssertionError(f"{a!r:.200} != {b!r:.200}")
-    if claims_anything(a) or claims_anything(b):
-        raise AssertionError("a value claims to equal anything")
-    return True
-
-
-sys.path[:0] = ["/tmp"]
-sys.path += sys.argv[1].split(os.pathsep)
-names = sys.argv[2:]
-try:
-    import solution
-except BaseException as exc:
-    report("solution-error", failure(exc))
-    finish()
-module = types.ModuleType("test_task")
-module.__dict__.update({k: v for k, v in vars(solution).items() if not k.startswith("__")})
-module.__file__ = "/tmp/test_task.py"
-module.__plumb_equal__ = equal
-sys.modules["test_task"] = module
-try:
-    exec(code, module.__dict__)
-except BaseException as exc:
-    if not names:
-        report("test", "<script>", False, failure(exc))
-    elif isinstance(exc, ImportError) and exc.name == "solution":
-        report("solution-error", failure(exc))
-    else:
-        report("task-error", failure(exc))
-    finish()
-if not names:
-    report("test", "<script>", True, "")
-for name in names:
-    try:
-        module.__dict__[name]()
-    except BaseException as exc:
-        report("test", name, False, failure(exc))
-    else:
-        report("test", name, True, "")
-finish()
-'''
+_JUDGE = (Path(__file__).parent / "test_judge.py").read_text()  # run as -c source inside the sandbox
+_SERVER = (Path(__file__).parent / "solution_server.py").read_text()
