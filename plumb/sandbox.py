@@ -3,15 +3,19 @@
 ``run(argv, files, limits)`` starts ``argv`` in a child process and returns a
 ``Result`` (status, exit code, output, seconds, reason). Every run gets:
 
-- its own pid, mount and network namespaces (``unshare`` from util-linux),
+- its own pid, mount, IPC and network namespaces (``unshare`` from util-linux),
   plus a user namespace when plumb is not root;
-- a private work dir: ``/tmp`` is a fresh tmpfs of ``disk_mb`` holding
-  ``files``, and it is the only writable place. Every other mount is read-only
-  and nosuid; ``HOME``, ``/var/tmp`` and ``/run`` are empty (no config files,
-  no ssh-agent, docker or D-Bus sockets) and ``/dev`` holds only ``null``,
-  ``zero``, ``full``, ``random`` and ``urandom`` (no terminals, cameras,
-  ``/dev/shm``); only the Python installation is bound back in, read-only.
-  Nothing is written on the host;
+- a fresh root (``pivot_root`` into a tmpfs): ``/usr``, this Python's
+  directories and the dynamic linker's cache bound read-only (a Python under
+  ``/tmp`` is bound at ``/.plumb/N``), a private ``/tmp`` of ``disk_mb``
+  holding ``files`` (the only writable place), an empty ``/run``, a ``/proc``
+  of the run's own processes, and a ``/dev`` of ``null``, ``zero``, ``full``,
+  ``random``, ``urandom``. No ``/sys``, ``/etc``, ``/var``, ``/home``, checkout
+  or host socket. Nothing is written on the host;
+- its own IPC namespace, bounded: a SysV shared memory segment lives only while
+  a process maps it (``shm_rmid_forced``), so it counts against that process's
+  address space; queues, semaphores and POSIX message queues stay small, and
+  none outlives the run;
 - no network: the network namespace has only a loopback, and it is down
   (``Limits(network=True)`` shares the host's network instead);
 - a scrubbed environment: ``PATH``, ``LANG``, ``HOME=/tmp``, ``TMPDIR=/tmp``,
@@ -19,7 +23,8 @@
 - limits: CPU seconds, address space, file size, open files, core dumps off,
   and a cap on processes; the code runs without privileges (see below) under
   a seccomp filter that refuses new namespaces, mounts, ptrace, keyrings, bpf,
-  perf events and userfaultfd;
+  perf events, userfaultfd and io_uring, and every socket family but AF_UNIX,
+  AF_INET and AF_INET6 (no AF_VSOCK, netlink or packet sockets);
 - a wall-clock timeout and an output cap: past either the whole sandbox is
   killed. A run always ends with every process it started: the first process
   inside is the init of the pid namespace, and when it exits the kernel kills
@@ -47,16 +52,15 @@ root). The code runs as root of its own user namespace with every capability
 dropped and locked out; ``RLIMIT_NPROC`` is counted per user namespace, so the
 process cap holds per run.
 
-Either way the code can read, not write, what its uid can read outside the
-hidden directories: world-readable files as root; as a user, that user's
-files and groups' files too (``/etc``, a project checked out outside ``HOME``).
+Either way the code can read only what the fresh root holds: ``/usr`` and this
+Python's installation (the venv, its site-packages), read-only.
 
 *Needs more than plumb sets up*: a bound on the run's total memory
 (``memory_mb`` bounds each process's address space, so a run holds at most
 about ``processes * memory_mb`` plus ``disk_mb`` and what it keeps in pipes
 and memfds; a memory cgroup would bound it all), a CPU share and disk I/O
-bandwidth (cgroups), and hiding readable files outside the hidden
-directories. The sandbox refuses to run code without namespaces (macOS, WSL1,
+bandwidth (cgroups). ``/proc/self/mountinfo`` still names the host paths of
+the bound directories (the venv's, typically the checkout's ``.venv``). The sandbox refuses to run code without namespaces (macOS, WSL1,
 Docker's default seccomp profile, which blocks ``unshare``), on Linux older
 than 5.12 (``mount_setattr``) and on CPUs other than x86-64 and arm64 (the
 seccomp filter's syscall numbers).

@@ -7,8 +7,10 @@ which counts as one test that passes if the script runs to its end (the
 solution's names are already defined in it); they can import what plumb's
 own Python can. ``run_tests`` takes the completion's code (``extract_code``:
 the first fenced Python block, else the whole text if it parses as Python),
-writes it as ``solution.py`` beside the tests in a fresh sandbox
-(``plumb.sandbox``) and runs the tests there, one after the other.
+writes it as ``solution.py`` in a fresh sandbox (``plumb.sandbox``) and runs
+the tests there, one after the other (see below for how). Finding the code is
+one linear pass over the lines; whether unfenced text is Python is decided in
+the sandbox, so no completion up to the cap can hold plumb's GIL past the timeout.
 
 The outcome's status says what happened: ``ok`` (the tests ran; reward =
 passed / total, or 1/0 with ``all_or_nothing``), ``timeout``, ``error`` (the
@@ -23,24 +25,28 @@ truncated. When the sandbox cannot be set up, ``run_tests`` raises
 
 What the code under test cannot fake
 ------------------------------------
-Passes come only from records that a small runner writes to its own copy of
-stdout, each with a keyed BLAKE2 MAC. The key is random per run and reaches the
-runner on stdin, together with the tests already compiled by plumb; the runner
-reads both and puts /dev/null in stdin's place before it imports the solution,
-and everything the solution prints goes to stderr. So printing pytest's
-"5 passed", printing records, exiting (with 0 or anything) before or during
-the tests, killing the runner or crashing it score 0; editing the test file on
-disk changes nothing (it is there only for tracebacks). ``assert a == b`` in the
-tests is rewritten to a check that also fails when either side claims to equal
-a fresh object, the "``__eq__`` always returns True" hack.
+Two processes in the sandbox: the judge (``judge.py``) runs the tests and decides each verdict;
+the solution (``solution_server.py``) runs in a pid namespace nested in the judge's, so it cannot
+see, signal, trace or read the judge, and it never holds the key or the tests. The judge never
+imports the solution: the tests' ``solution`` is a stand-in whose functions send their arguments
+over a pipe and get back plain data (numbers, strings, bytes, None, lists, tuples, dicts, sets)
+or a handle to an object left on the solution's side (a handle equals only itself). Every
+comparison, ``assert`` and ``pytest.raises`` runs in the judge, on data. The judge's records
+carry a keyed BLAKE2 MAC (key random per run, on the judge's stdin) on its own stdout, which
+nothing else holds. So patching ``__main__``, frames, ``gc``, builtins, ``sys.modules`` or pytest,
+``atexit``, threads, signals, reading memory, printing or writing records, forging protocol
+replies, exiting early and values whose ``__eq__`` always says yes all score 0
+(``tests/test_sandbox_verdict.py``).
 
-The limit: the solution runs in the runner's interpreter, as the tests must
-call it. Code written against this runner could find the key or patch the
-runner and the tests in memory (frames, ``gc``, ``ctypes``), or return values
-whose ``__eq__`` is subtler, and forge a pass. The sandbox still contains such
-code, but its score is not to be trusted: this verifier stops generic reward
-hacks, it is no proof against an adversary aiming at it. That would need the
-checks in another process, calling the solution with plain data only.
+The limit, as measured: the solution decides only the values it returns (and what it raises).
+It can still hard-code answers for the calls it sees, or special-case inputs: what the tests
+check is all the judge knows. Arguments must be plain data or the solution's own objects (a
+lambda or a class of the tests' cannot cross), a solution's own exception classes cannot be
+named in ``pytest.raises``, and its objects compare by identity.
+
+Blame: a task error only when the tests do not compile or have an unsupported shape, or fail
+at import the same way against a stub solution (no completion involved); anything else is
+the completion's failure and scores 0 as such.
 """
 
 from __future__ import annotations
@@ -239,5 +245,5 @@ def _truncate(text: str) -> str:
     return text if len(text) <= DETAIL_CHARS else text[:DETAIL_CHARS] + "\n... (truncated)"
 
 
-_JUDGE = (Path(__file__).parent / "test_judge.py").read_text()  # run as -c source inside the sandbox
+_JUDGE = (Path(__file__).parent / "judge.py").read_text()  # run as -c source inside the sandbox
 _SERVER = (Path(__file__).parent / "solution_server.py").read_text()
