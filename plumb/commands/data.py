@@ -53,9 +53,11 @@ def export(ctx: click.Context, file: str, fmt: str, by: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def stats(ctx: click.Context, as_json: bool) -> None:
-    """Count the rows in the workspace."""
+    """Count the rows in the workspace (pairs: the training pairs `plumb train` uses by default)."""
+    from plumb.pipeline.stats import workspace_counts
+
     with workspace_from(ctx).store() as store:
-        counts = store.counts()
+        counts = workspace_counts(store)
     if as_json:
         echo_json(counts)
     else:

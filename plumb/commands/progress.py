@@ -14,7 +14,10 @@ import os
 import sys
 import time
 
+from rich.markup import escape
+
 from plumb.core.records import Event
+from plumb.core.text import printable
 
 
 def _info(values: dict[str, float]) -> str:
@@ -34,7 +37,9 @@ class Progress:
     def __init__(self, quiet: bool = False, live: bool | None = None) -> None:
         from rich.console import Console
 
-        self.console = Console(stderr=True)
+        # soft_wrap: a line longer than the terminal (or than 80 columns in a log) is printed whole, never
+        # broken in the middle of a path or a model spec
+        self.console = Console(stderr=True, soft_wrap=True)
         self.quiet = quiet
         self.live = sys.stderr.isatty() if live is None else live
         self.every = float(os.environ.get("PLUMB_PROGRESS_SECONDS", 10))
@@ -64,9 +69,9 @@ class Progress:
         self.bar.start()
 
     def line(self, text: str) -> None:
-        """A plain line on stderr (above the bar on a terminal)."""
+        """A plain line on stderr (above the bar on a terminal); control characters escaped."""
         if not self.quiet:
-            self.console.print(text, highlight=False, markup=False)
+            self.console.print(printable(text), highlight=False, markup=False)
 
     def __call__(self, event: Event) -> None:
         if self.quiet:
@@ -75,7 +80,8 @@ class Progress:
         if event.kind == "stage":
             self._close_bar()
             self.stage, self.started = event.stage or "", now
-            self.console.print(f"[bold cyan]{self.stage:>8}[/]  {event.message}", highlight=False)
+            self.console.print(f"[bold cyan]{escape(self.stage):>8}[/]  {escape(printable(event.message))}",
+                               highlight=False)
             if self.live:
                 self._open_bar(f"{'':>8}")
             self.last_line = now
@@ -89,7 +95,7 @@ class Progress:
                 self.last_line = now
         elif event.kind == "log" and event.message:
             if self.live:
-                self.console.print(f"[dim]{event.message}[/]", highlight=False)
+                self.console.print(f"[dim]{escape(printable(event.message))}[/]", highlight=False)
             else:
                 self.line(f"{self.stage or 'log'}: {event.message}")
         elif event.kind == "error" and event.message:

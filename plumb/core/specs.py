@@ -31,15 +31,16 @@ FORMS = (
 _NAME = re.compile(r"^[A-Za-z][\w.-]*$")
 
 
-def parse_spec(spec: str, role: str = "generate") -> ModelSpec:
-    """Parse a model spec string; ``role`` ("generate" or "train") resolves aliases."""
+def parse_spec(spec: str, role: str = "generate", fetch: bool = True) -> ModelSpec:
+    """Parse a model spec string; ``role`` ("generate" or "train") resolves aliases. ``starter`` is
+    pulled on first use; with ``fetch=False`` an uncached starter is an error naming the pull command."""
     text = spec.strip()
     if text in ("starter", "llamacpp:starter", "hf:starter"):
         from plumb import starter
 
         if text == "hf:starter" or (text == "starter" and role == "train"):
-            return ModelSpec("hf", str(starter.hf_dir()))
-        return ModelSpec("llamacpp", str(starter.gguf_path()))
+            return ModelSpec("hf", str(starter.ensure("train") if fetch else starter.hf_dir()))
+        return ModelSpec("llamacpp", str(starter.ensure("generate") if fetch else starter.gguf_path()))
     backend, sep, rest = text.partition(":")
     if not sep or not _NAME.match(backend) or not rest:
         raise PlumbError(f"bad model spec {spec!r}. Accepted forms: {FORMS}.", exit_code=2)

@@ -43,12 +43,13 @@ class Session:
             self._constitutions[key] = const
         return self._constitutions[key]
 
-    def model(self, role: str, override: str | None = None) -> ModelSpec:
+    def model(self, role: str, override: str | None = None, fetch: bool = True) -> ModelSpec:
         """The model spec for ``role`` ("generate" or "train"): ``override`` or plumb.toml's,
-        parsed, its backend installed, its local files present."""
+        parsed, its backend installed, its local files present (the starter pulled on first use
+        unless ``fetch`` is false)."""
         from plumb.core.specs import check_exists, parse_spec
 
-        spec = parse_spec(override or self.ws.model(role), role=role)
+        spec = parse_spec(override or self.ws.model(role), role=role, fetch=fetch)
         self.pm.registry.check_backend(spec.backend)
         check_exists(spec, self.root)
         return spec

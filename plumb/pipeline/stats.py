@@ -38,3 +38,14 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def workspace_counts(store) -> dict[str, int]:
+    """The counts every face shows (Home, `plumb data stats`, report.json), by one definition: rows per
+    table, and ``pairs`` = the training pairs `plumb pairs build` and `plumb train` use by default
+    (``pipeline.pairs.build``: one verdict per answer pair, ties and inconsistent verdicts dropped)."""
+    from plumb.pipeline.pairs import build
+
+    counts = store.counts()
+    counts["pairs"] = len(build(store).pairs)
+    return counts

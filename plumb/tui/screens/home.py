@@ -16,6 +16,7 @@ from textual.markup import escape
 from textual.widgets import Markdown, RichLog, Static
 
 from plumb.core.errors import PlumbError, ValidationFailed
+from plumb.core.text import printable
 from plumb.tui.screens.base import PlumbScreen
 
 COUNTED = ("prompts", "samples", "critiques", "judgments", "pairs", "runs")
@@ -47,7 +48,7 @@ def _models(session: Any, view: Overview) -> None:
     for role in ("generate", "train"):
         named = session.ws.model(role)
         try:
-            spec = session.model(role)
+            spec = session.model(role, fetch=False)  # showing a model never downloads it
             view.models.append((role, named, f"ready: {spec}"))
         except PlumbError as exc:
             view.models.append((role, named, str(exc).splitlines()[0]))
@@ -80,13 +81,12 @@ def _next_step(view: Overview, store: Any) -> str:
 
 def overview(session: Any) -> Overview:
     """Everything Home shows, read from the workspace (pairs: the training pairs ``pipeline.pairs`` builds)."""
-    from plumb.pipeline.pairs import build
+    from plumb.pipeline.stats import workspace_counts
 
     view = Overview()
     _constitution(session, view)
     _models(session, view)
-    counts = session.store.counts()
-    counts["pairs"] = len(build(session.store).pairs)
+    counts = workspace_counts(session.store)
     view.counts = {k: counts[k] for k in COUNTED}
     view.next_step = _next_step(view, session.store)
     return view
@@ -127,11 +127,10 @@ class HomeScreen(PlumbScreen):
 
     @work(thread=True, exclusive=True, group="tune", exit_on_error=False)
     def run_tune(self, session: Any) -> None:
-        from plumb.pipeline.tune import TuneOptions, run
+        from plumb.pipeline.tune import TuneOptions, tune
 
-        opts = TuneOptions(directory=session.root, constitution=session.ws.constitution_name)
-        try:
-            done = run(opts, self.sink(), cancel=session.cancel)
+        try:  # the workspace's constitution and models (plumb.toml), as `plumb -w DIR tune`
+            done = tune(session, TuneOptions(), self.sink())
         except Exception as exc:  # PlumbError (too few pairs, a stop, a failed run) or a plugin's bug
             self.app.call_from_thread(self.tuned, None, exc)
         else:
@@ -155,9 +154,9 @@ class HomeScreen(PlumbScreen):
         event = message.event
         log = self.query_one("#tune-log", RichLog)
         if event.kind == "stage":
-            log.write(f"[b cyan]{escape(event.stage or '')}[/] {escape(event.message)}")
+            log.write(f"[b cyan]{escape(event.stage or '')}[/] {escape(printable(event.message))}")
         elif event.kind in ("log", "error") and event.message:
-            log.write(escape(event.message))
+            log.write(escape(printable(event.message)))
         elif event.kind in ("progress", "metric") and event.step is not None:
             of = f"/{event.total}" if event.total else ""
             loss = f"  loss {event.values['loss']:.4f}" if "loss" in event.values else ""
