@@ -215,6 +215,21 @@ def test_sft_lowers_heldout_nll(tiny_model_dir, tmp_path):
     assert steps[-1]["eval/loss"] < 0.5 * steps[0]["eval/loss"]
 
 
+def test_time_limit_stops_with_a_checkpoint_and_init_adapter_continues(tiny_model_dir, tmp_path):
+    """time_limit_s ends the run at the step that would pass it (checkpointed, adapter written);
+    init_adapter starts a new run from that adapter's weights (on-policy rounds), not from zero."""
+    from plumb.train import checkpoint
+
+    pairs, held = make_pairs(32, 0), as_rows(make_pairs(8, 1), "sft")
+    result, steps = run_method(tiny_model_dir, tmp_path / "a", "sft", 1000, pairs, held, time_limit_s=0.5)
+    assert 1 <= len(steps) < 1000 and steps[-1]["epoch"] > 0
+    assert [c.name for c in checkpoint.checkpoints(str(tmp_path / "a" / "sft"))] == [f"step-{len(steps)}"]
+    _, again = run_method(tiny_model_dir, tmp_path / "b", "sft", 1, pairs, held, init_adapter=result.adapter_dir,
+                          lr=1e-9)
+    _, fresh = run_method(tiny_model_dir, tmp_path / "c", "sft", 1, pairs, held, lr=1e-9)
+    assert again[0]["loss"] < fresh[0]["loss"]  # it starts where the first run ended
+
+
 def test_gradient_checkpointing_gives_the_same_losses(tiny_model_dir, tmp_path):
     pairs = make_pairs(16, 0)
     _, plain = run_method(tiny_model_dir, tmp_path / "a", "dpo", 3, pairs, [], lora_dropout=0.0)

@@ -202,7 +202,7 @@ def ingest_rollouts(store: Store, run_id: int, out_dir: str, prov: Provenance) -
 
 
 def _key(method: str, options: dict[str, Any], policy: str, rows: list[dict[str, Any]]) -> str:
-    same = {k: v for k, v in options.items() if k not in ("resume", "gguf")}
+    same = {k: v for k, v in options.items() if k not in ("resume", "gguf", "time_limit_s")}  # a deadline is not data
     blob = json.dumps([method, same, policy, rows], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

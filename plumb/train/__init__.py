@@ -93,6 +93,8 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(0, ge=0)  # 0 = evaluate at the end only
     device: str | None = None  # None = cuda when present, else cpu
     gguf: bool = False
+    time_limit_s: float | None = Field(None, gt=0)  # stop (with a checkpoint) once the next step would pass it
+    init_adapter: str | None = None  # start the LoRA from this peft adapter's weights (same r and targets)
 
     @property
     def learning_rate(self) -> float:

@@ -59,7 +59,8 @@ import torch
 from plumb.core.errors import PlumbError
 from plumb.core.records import Event, RunResult, RunSpec, SamplingParams
 from plumb.train import checkpoint, data, grpo_eval
-from plumb.train.loop import _oom, end_step, get_lr, load_policy, peak_memory_mb, runtime, write_adapter
+from plumb.train.loop import (_oom, end_step, get_lr, load_policy, out_of_time, peak_memory_mb, runtime,
+                              write_adapter)
 from plumb.train.options import GRPOConfig
 from plumb.train.rollouts import (HFSampler, LlamaSampler, RolloutLog, base_gguf, batch_of, gap_candidates,
                                   reward_metrics, row_logps, sampler_gap, score, task_of, token_logps)
@@ -234,6 +235,7 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
         return values
 
     model.train()
+    started = time.perf_counter()
     metrics: dict[str, float] = {}
     if held and step == 0:  # the baseline: where the held-out curves start (KL 0), and the first best
         metrics = evaluate(0)
@@ -300,6 +302,8 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
                 ) from None
             sampler.dirty = True
         step += 1
+        if out_of_time(cfg, started, time.perf_counter() - t0):
+            total = step  # the budget is spent: this step is the last, checkpointed and evaluated
         zero_streak = 0 if keep else zero_streak + 1
 
         # 5. log: TRL's names

@@ -90,6 +90,8 @@ def load_policy(target: str, cfg: TrainConfig, device: str, task: str = "CAUSAL_
     with warnings.catch_warnings():  # peft 0.21 reads transformers 5's deprecated is_gradient_checkpointing
         warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
         model = get_peft_model(model, lora).to(device)
+    if cfg.init_adapter:
+        _load_lora_weights(model, cfg.init_adapter)
     if cfg.gradient_checkpointing:
         base = model.get_base_model()
         if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5
@@ -277,6 +279,27 @@ def _fingerprint(examples: list[data.Example]) -> str:
     return h.hexdigest()[:16]
 
 
+def _load_lora_weights(model, adapter_dir: str) -> None:
+    """Copy a saved peft adapter's LoRA weights into ``model`` (on-policy rounds continue the last round's
+    adapter; the reference stays the adapter-off base)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise PlumbError(f"init_adapter: no adapter_model.safetensors in {adapter_dir}.", exit_code=2)
+    result = set_peft_model_state_dict(model, load_file(str(path)))
+    if getattr(result, "unexpected_keys", None):
+        raise PlumbError(f"init_adapter {adapter_dir} does not fit this model's LoRA (r, targets): unexpected "
+                         f"{list(result.unexpected_keys)[:3]}.", exit_code=2)
+
+
+def out_of_time(cfg, started: float, step_seconds: float) -> bool:
+    """True when ``cfg.time_limit_s`` is set and another step like the last would pass it."""
+    limit = getattr(cfg, "time_limit_s", None)
+    return bool(limit) and time.perf_counter() - started + step_seconds > limit
+
+
 def _oom(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
@@ -411,6 +434,7 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
                                                               "counts": counts}, keep=cfg.keep_checkpoints)
 
     model.train()
+    started = time.perf_counter()
     metrics: dict[str, float] = {}
     order_epoch, order = -1, []
     while step < total:
@@ -459,6 +483,8 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
                 f"--max-length, or turn on gradient_checkpointing = true in the run config."
                 + (f" The last checkpoint is {keep}; --resume continues from it." if keep else "")) from None
         step += 1
+        if out_of_time(cfg, started, time.perf_counter() - t0):
+            total = step  # the budget is spent: this step is the last, checkpointed and evaluated
 
         # log: one host sync for every metric of the step
         keys = list(sums)

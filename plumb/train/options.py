@@ -42,6 +42,8 @@ class _Common(BaseModel):
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(3, ge=0)
     device: str | None = None
+    time_limit_s: float | None = Field(None, gt=0)  # stop (with a checkpoint) once the next step would pass it
+    init_adapter: str | None = None  # start the LoRA from this peft adapter's weights (same r and targets)
 
     DEFAULT_LR: ClassVar[float] = 1e-4
 
