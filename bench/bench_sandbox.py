@@ -21,7 +21,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from plumb import sandbox
+from plumb.verify import sandbox
 from plumb.verify.unit_tests import run_tests
 
 SOLUTION = "def add(a, b):\n    return a + b\n"

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from plumb import sandbox
+from plumb.verify import sandbox
 from plumb.verify.unit_tests import extract_code, run_tests
 
 TESTS = """

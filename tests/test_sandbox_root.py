@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from plumb import sandbox
+from plumb.verify import sandbox
 from tests.test_sandbox import QUICK, REPO, healthy_afterwards  # noqa: F401 (the autouse fixture)
 
 libc = ctypes.CDLL(None, use_errno=True)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from plumb import sandbox
+from plumb.verify import sandbox
 from plumb.core.records import Completion, Reward, Task
 from plumb.core.rewards import combine
 from plumb.plugins import unit_tests as plugin

@@ -2,7 +2,7 @@
 
 For a task with ``tests`` (pytest-style ``test_*`` functions importing from
 ``solution``, or a script of asserts), the completion's code runs in
-``plumb.sandbox`` beside the tests (``plumb.verify.unit_tests``); the reward is
+``plumb.verify.sandbox`` beside the tests (``plumb.verify.unit_tests``); the reward is
 the fraction of tests passed (``meta.all_or_nothing``: 1 or 0). A completion
 that does not import, crashes or breaks a limit scores 0 with the reason; a
 task whose tests are broken is reported as an ``error`` naming the task's
@@ -24,7 +24,7 @@ LIMIT_KEYS = ("cpu_seconds", "wall_seconds", "memory_mb")
 def score(task: Task, completion: Completion) -> Reward | None:
     if not task.tests or task.check is not None:
         return None
-    from plumb import sandbox
+    from plumb.verify import sandbox
     from plumb.verify.unit_tests import run_tests
 
     overrides = {k: task.meta[k] for k in LIMIT_KEYS if k in task.meta}

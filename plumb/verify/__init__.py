@@ -1,1 +1,1 @@
-"""Verifiers: score a completion by running or checking it (untrusted code runs in plumb.sandbox)."""
+"""Verifiers: score a completion by running or checking it (untrusted code runs in plumb.verify.sandbox)."""

@@ -7,7 +7,7 @@ which counts as one test that passes if the script runs to its end (the
 solution's names are already defined in it); they can import what plumb's
 own Python can. ``run_tests`` takes the completion's code (``extract_code``:
 the first fenced Python block, else the whole text if it parses as Python),
-writes it as ``solution.py`` in a fresh sandbox (``plumb.sandbox``) and runs
+writes it as ``solution.py`` in a fresh sandbox (``plumb.verify.sandbox``) and runs
 the tests there, one after the other (see below for how). Finding the code is
 one linear pass over the lines; whether unfenced text is Python is decided in
 the sandbox, so no completion up to the cap can hold plumb's GIL past the timeout.
@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from plumb import sandbox
+from plumb.verify import sandbox
 
 MAX_COMPLETION_CHARS = 1_000_000
 DETAIL_CHARS = 4000

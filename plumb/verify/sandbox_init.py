@@ -20,7 +20,7 @@ Status lines go to a pipe the code never holds: "pid N" (its pid outside),
 "fail STEP WHY", "exit CODE LEFTOVER". Without "probe" the first failure
 ends it before any code runs.
 
-Run by plumb.sandbox as ``python -I -S -c SOURCE CONFIG_FD STATUS_FD``; never imported.
+Run by plumb.verify.sandbox as ``python -I -S -c SOURCE CONFIG_FD STATUS_FD``; never imported.
 """
 
 import ctypes, fcntl, marshal, os, resource, select, struct, sys, time

@@ -161,7 +161,7 @@ def protections() -> dict[str, bool | str]:
 
 def _refusal(missing: dict[str, str]) -> str:
     lines = "\n".join(f"  {name}: {why}" for name, why in missing.items())
-    where = "see 'Which protections hold where' in plumb/sandbox.py"
+    where = "see 'Which protections hold where' in plumb/verify/sandbox.py"
     return f"refusing to run untrusted code: the sandbox cannot set up\n{lines}\n({where})"
 
 
