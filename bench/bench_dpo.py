@@ -220,7 +220,7 @@ def main() -> None:
 
     if a.model is None:
         try:
-            from plumb import starter
+            from plumb.models import starter
 
             a.model = str(starter.hf_dir())
         except Exception:

@@ -62,7 +62,7 @@ def lora_parity(base_gguf: Path, hf_dir: Path, ids: list[int], work: Path, seed:
 
 
 def bench_arch(arch: str, work: Path) -> dict:
-    from plumb.core.localmodels import file_sha256
+    from plumb.core.cache import file_sha256
     from plumb.export import export_gguf
     from plumb.export.gguf_to_hf import make_hf_copy
     from plumb.export.quantize import quantize
@@ -91,8 +91,8 @@ def bench_arch(arch: str, work: Path) -> dict:
 
 
 def bench_starter(work: Path) -> None:
-    from plumb import starter
-    from plumb.core.localmodels import file_sha256
+    from plumb.models import starter
+    from plumb.core.cache import file_sha256
     from plumb.export import export_gguf
     from plumb.export.gguf_to_hf import make_hf_copy
     from tests.test_export_gguf import PROMPTS

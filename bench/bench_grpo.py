@@ -68,7 +68,7 @@ def reward(text: str) -> float:
 def heldout(model, tok, held: list[str], a) -> float:
     """Mean reward of 4 samples per held-out prompt (transformers sampling, fixed seed)."""
     from plumb.core.records import Chat, SamplingParams
-    from plumb.plugins.hf_generate import sample_batch
+    from plumb.train.generate import sample_batch
 
     s = sample_batch(model, tok, [Chat.from_user(p) for p in held],
                      SamplingParams(n=4, temperature=1.0, top_p=1.0, max_tokens=a.max_tokens, seed=1234))
@@ -209,7 +209,7 @@ def main() -> None:
         return
 
     if a.model is None:
-        from plumb import starter
+        from plumb.models import starter
 
         a.model = str(starter.hf_dir())
     workers = a.workers.split(",")

@@ -58,7 +58,7 @@ ANSWERS = ["Yes.", "No, it is blue because of Rayleigh scattering.", "I am not s
 
 def decode_llamacpp(path: Path, tokens: int) -> tuple[int, float]:
     """(new tokens, seconds) for greedy answers to PROMPTS, one prompt at a time."""
-    from plumb.plugins import llamacpp
+    from plumb import llamacpp
 
     spec, params = ModelSpec("llamacpp", str(path)), SamplingParams(temperature=0, max_tokens=tokens)
     n, t0 = 0, time.perf_counter()
@@ -75,7 +75,7 @@ def decode_raw(path: Path, tokens: int) -> tuple[int, float]:
     the chat template llama-cpp-python takes from the GGUF's metadata), with no plumb code in the loop."""
     from llama_cpp import Llama
 
-    from plumb.plugins.llamacpp import cpu_threads
+    from plumb.llamacpp import cpu_threads
 
     if str(path) not in _RAW:
         _RAW[str(path)] = Llama(model_path=str(path), n_ctx=2048, n_threads=cpu_threads(),
@@ -90,7 +90,7 @@ def decode_raw(path: Path, tokens: int) -> tuple[int, float]:
 
 
 def decode_hf(hf_dir: Path, tokens: int) -> tuple[int, float]:
-    from plumb.plugins import hf_generate
+    from plumb.train import generate as hf_generate
 
     model, tok = hf_generate.load(str(hf_dir))
     params = SamplingParams(temperature=0, max_tokens=tokens)
@@ -101,7 +101,8 @@ def decode_hf(hf_dir: Path, tokens: int) -> tuple[int, float]:
 
 
 def greedy_texts(spec: ModelSpec, n_tokens: int) -> list[str]:
-    from plumb.plugins import hf_generate, llamacpp
+    from plumb import llamacpp
+    from plumb.train import generate as hf_generate
 
     chats, params = [Chat.from_user(p) for p in MORE_PROMPTS], SamplingParams(temperature=0, max_tokens=n_tokens)
     if spec.backend == "hf":
@@ -111,7 +112,7 @@ def greedy_texts(spec: ModelSpec, n_tokens: int) -> list[str]:
 
 
 def judge_rate(path: Path, reuse: bool) -> float:
-    from plumb.plugins import llamacpp
+    from plumb import llamacpp
 
     spec = ModelSpec("llamacpp", str(path))
     loaded = llamacpp.load(str(path))
@@ -141,7 +142,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         os.environ["PLUMB_THREADS"] = str(args.threads)
     if args.hf is None or args.gguf is None:
-        from plumb import starter
+        from plumb.models import starter
 
         args.hf = args.hf or starter.hf_dir()
         args.gguf = args.gguf or starter.gguf_path()

@@ -37,9 +37,9 @@ def main() -> None:
     from plumb.core.constitution import load_constitution, resolve
     from plumb.core.context import HookContext
     from plumb.core.plugins import get_plugin_manager
-    from plumb.core.specs import parse_spec
+    from plumb.models.specs import parse_spec
     from plumb.plugins import judge as judge_plugin
-    from plumb.plugins import llamacpp
+    from plumb import llamacpp
 
     rows = [json.loads(line) for line in (files("plumb.data") / "quickstart_pairs.jsonl").read_text().splitlines()]
     rows = rows[:a.pairs]

@@ -5,7 +5,7 @@
 
 The workload of the main job's sampling step: k = 4 answers for each of 8
 everyday prompts, up to 96 new tokens each, temperature 0.8 (top-p 0.95),
-seeded. Both paths go through ``plumb.plugins.llamacpp.generate`` on one
+seeded. Both paths go through ``plumb.llamacpp.generate`` on one
 loaded model with $PLUMB_THREADS threads (default: every core this process
 may use):
 
@@ -44,7 +44,7 @@ PROMPTS = [
 
 def run(spec: ModelSpec, params: SamplingParams, batched: bool) -> tuple[int, float, int]:
     """(generated tokens, seconds, answers that stopped on their own) for PROMPTS."""
-    from plumb.plugins import llamacpp
+    from plumb import llamacpp
 
     chats = [Chat.from_user(p) for p in PROMPTS]
     t0 = time.perf_counter()
@@ -65,11 +65,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args()
 
-    from plumb.plugins import llamacpp
+    from plumb import llamacpp
 
     gguf = args.gguf
     if not gguf:
-        from plumb import starter
+        from plumb.models import starter
 
         gguf, _ = starter.pull()
     spec = ModelSpec("llamacpp", str(gguf))

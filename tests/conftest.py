@@ -44,7 +44,7 @@ def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def real_starter():
     """(gguf, hf_dir) of the real SmolLM2-135M-Instruct, pulled once into the user cache (~93 MB)."""
-    from plumb import starter
+    from plumb.models import starter
 
     return starter.pull()
 

@@ -25,7 +25,7 @@ CHATS = [Chat.from_user("Why is the sky blue?"), Chat.from_user("Tell me a story
 
 @pytest.fixture
 def llamacpp():
-    from plumb.plugins import llamacpp
+    from plumb import llamacpp
 
     return llamacpp
 
@@ -93,7 +93,7 @@ def test_llamacpp_base_and_tuned_from_one_model(llamacpp, tiny_gguf, tiny_model_
     zero = llamacpp.generate(ModelSpec("llamacpp", str(tiny_gguf), str(adapter), 0.0), CHATS[:1], params)[0][0]
     assert tuned.top_logprobs != base.top_logprobs
     assert zero.text == base.text and zero.top_logprobs[0] == pytest.approx(base.top_logprobs[0], abs=1e-4)
-    assert len([k for k in llamacpp._LOADED if k[0] == str(tiny_gguf.resolve())]) == 1  # never reloaded
+    assert len([k for k in llamacpp.model._LOADED if k[0] == str(tiny_gguf.resolve())]) == 1  # never reloaded
 
 
 def test_llamacpp_prompt_longer_than_context(llamacpp, tiny_gguf):
@@ -111,7 +111,7 @@ def test_llamacpp_missing_file(llamacpp, tmp_path):
 
 
 def test_hf_batched_left_padding_matches_one_by_one(tiny_model_dir):
-    from plumb.plugins import hf_generate
+    from plumb.train import generate as hf_generate
 
     model, tok = hf_generate.load(str(tiny_model_dir))
     chats = [Chat.from_user("hi"), Chat.from_user("a much longer prompt about rivers and 12 cats and dogs")]

@@ -1,4 +1,4 @@
-"""Batched sampling in the llama.cpp backend (plumb.plugins.llamacpp_batch) on the tiny GGUF."""
+"""Batched sampling in the llama.cpp backend (plumb.llamacpp.batch) on the tiny GGUF."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def lively(tiny_model_dir, tiny_gguf, tmp_path_factory):
 
 @pytest.fixture
 def llamacpp():
-    from plumb.plugins import llamacpp
+    from plumb import llamacpp
 
     return llamacpp
 
@@ -56,7 +56,7 @@ def test_greedy_identical_to_one_at_a_time(llamacpp, lively, tiny_gguf):
 
 
 def test_seeded_runs_reproducible_whatever_the_batch(llamacpp, lively, monkeypatch):
-    from plumb.plugins import llamacpp_batch
+    from plumb.llamacpp import batch as llamacpp_batch
 
     params = SamplingParams(n=3, temperature=1.2, max_tokens=12, seed=11)
     first = llamacpp.generate(lively, CHATS, params)  # auto: batched
@@ -104,7 +104,7 @@ def test_stop_strings_and_max_tokens_per_sequence(llamacpp, lively):
 def test_end_of_generation_stops_one_sequence(llamacpp, lively, monkeypatch):
     import llama_cpp
 
-    from plumb.plugins import llamacpp_batch
+    from plumb.llamacpp import batch as llamacpp_batch
 
     params = SamplingParams(n=4, temperature=1.0, max_tokens=12, seed=5)
     seqs = []
@@ -143,7 +143,7 @@ def test_full_context_stops_like_one_at_a_time(llamacpp, lively):
 
 
 def test_shared_prompt_prefix_is_decoded_once_per_round(llamacpp, lively, monkeypatch):
-    from plumb.plugins import llamacpp_batch
+    from plumb.llamacpp import batch as llamacpp_batch
 
     preamble = "You judge answers against these principles: be brief, be kind, be right. " * 4
     chats = [Chat.from_user(preamble + f"Answer {i}: {a}") for i, a in enumerate(["yes.", "no.", "maybe so."])]
@@ -160,7 +160,7 @@ def test_shared_prompt_prefix_is_decoded_once_per_round(llamacpp, lively, monkey
 
 
 def test_routing_greedy_and_logprobs_stay_one_at_a_time(llamacpp, lively, monkeypatch):
-    from plumb.plugins import llamacpp_batch
+    from plumb.llamacpp import batch as llamacpp_batch
 
     calls = []
     original = llamacpp_batch.sample_batched

@@ -190,7 +190,7 @@ def test_chat_template_travels(built, arch):
     """Prompt + answer through the template: the same ids in transformers and in llama.cpp with the
     GGUF's own template; and plumb's serving prompt equals plumb's training prompt."""
     from plumb.core.records import Chat
-    from plumb.plugins import llamacpp
+    from plumb import llamacpp
     from plumb.train.data import tokenize
     from transformers import AutoTokenizer
 
@@ -206,7 +206,7 @@ def test_chat_template_travels(built, arch):
     finally:
         llamacpp.close_all()
     if served[:2] == [served[0]] * 2 and served[1:] == train_prompt:
-        pytest.xfail("plumb/plugins/llamacpp.py prompt_tokens adds BOS although the template already renders "
+        pytest.xfail("plumb/llamacpp/model.py prompt_tokens adds BOS although the template already renders "
                      "it (Llama 3, Mistral, Gemma): serving starts with two BOS tokens, training with one")
     assert served == train_prompt
 
@@ -289,7 +289,7 @@ def test_lora_reproduces_merged_model(built, arch, tmp_path):
 def test_gguf_round_trip(built, arch, tmp_path):
     import torch
 
-    from plumb.core.localmodels import file_sha256
+    from plumb.core.cache import file_sha256
     from plumb.export import export_lora
     from plumb.export.gguf_to_hf import make_hf_copy
     from plumb.export.identity import BASE_KEY, check_lora_base
@@ -350,7 +350,7 @@ def test_round_trip_from_a_quantized_gguf(built, tmp_path):
 
 def test_models_add_registers_and_reuses(built, runner, workspace, monkeypatch, tmp_path):
     from plumb.cli import cli
-    from plumb.core import localmodels
+    from plumb.models import local as localmodels
 
     monkeypatch.setenv("PLUMB_HOME", str(tmp_path / "home"))
     _, g = built("qwen3")

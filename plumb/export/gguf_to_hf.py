@@ -240,7 +240,7 @@ def make_hf_copy(gguf_path: str | Path, out_dir: str | Path, dtype: str = "auto"
     ``dtype``: ``float32``, ``bfloat16``, or ``auto`` (float32 up to 1.5B parameters, bfloat16 above:
     a 7B model is 28 GB in float32). ``sha256``, the GGUF's, is recorded in ``plumb-source.json``:
     LoRAs trained on the copy carry it, so they are recognised as belonging to the original GGUF.
-    The caller makes ``out_dir`` atomic (``core.localmodels``).
+    The caller makes ``out_dir`` atomic (``plumb.core.cache.publish_dir``).
     """
     import torch
     from transformers import AutoModelForCausalLM

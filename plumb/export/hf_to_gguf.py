@@ -21,6 +21,7 @@ with a message listing what is supported.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from contextlib import contextmanager
@@ -91,13 +92,20 @@ def atomic_writer(out: Path, config: dict[str, Any]):
     os.replace(tmp, out)
 
 
-def gguf_name(hf_name: str, n_layers: int, arch: Arch | None = None) -> str:
-    """HF tensor name -> GGUF tensor name (``model.layers.0.self_attn.q_proj.weight`` -> ``blk.0.attn_q.weight``)."""
+@functools.lru_cache(maxsize=None)
+def _name_map(arch_name: str, n_layers: int) -> Any:
+    """gguf's tensor-name map, built once per (architecture, layers): building it takes ~40 ms, which per
+    tensor made a LoRA export of the starter's 210 pairs take 7 s (0.1 s with the map cached)."""
     import gguf
 
+    model_arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch_name)
+    return gguf.get_tensor_name_map(model_arch, n_layers)
+
+
+def gguf_name(hf_name: str, n_layers: int, arch: Arch | None = None) -> str:
+    """HF tensor name -> GGUF tensor name (``model.layers.0.self_attn.q_proj.weight`` -> ``blk.0.attn_q.weight``)."""
     name = arch.name if arch else "llama"
-    model_arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == name)
-    mapped = gguf.get_tensor_name_map(model_arch, n_layers).get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    mapped = _name_map(name, n_layers).get_name(hf_name, try_suffixes=(".weight", ".bias"))
     if mapped is None:
         raise PlumbError(f"cannot export: tensor {hf_name!r} has no GGUF name for {name}.", exit_code=2)
     return mapped

@@ -65,7 +65,7 @@ def gguf_identities(path: str | Path, reader=None, want: str | None = None) -> l
     when ``want`` is not the source already (hashes are cached by size and mtime)."""
     import gguf
 
-    from plumb.core.localmodels import file_sha256
+    from plumb.core.cache import file_sha256
 
     reader = reader or gguf.GGUFReader(path)
     source = _string(reader, SOURCE_KEY)

@@ -179,10 +179,11 @@ def main(spec_path: str, parent: int) -> int:
     status, message, code = "interrupted", "", 0
     try:
         from plumb.core.plugins import get_plugin_manager
+        from plumb.models.specs import parse_spec
 
         run = RunSpec.from_dict(spec["run"])
         pm = get_plugin_manager(spec["plugin_files"], base_dir=Path(spec["base_dir"]) if spec["base_dir"] else None)
-        ctx = HookContext(pm, emit, cancel, run.run_id)
+        ctx = HookContext(pm, emit, cancel, run.run_id, resolve=parse_spec)
         result = pm.hook.plumb_optimize(ctx=ctx, method=run.method, run=run)
         if result is None:
             raise PlumbError(f"no installed plugin trains {run.method!r}.")

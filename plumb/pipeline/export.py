@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from plumb.core.localmodels import sha256_of as sha256
+from plumb.core.cache import sha256_of as sha256
 from plumb.core.records import Event, EventSink
 from plumb.pipeline.session import Session
 

@@ -47,7 +47,7 @@ class Session:
         """The model spec for ``role`` ("generate" or "train"): ``override`` or plumb.toml's,
         parsed, its backend installed, its local files present (the starter pulled on first use
         unless ``fetch`` is false)."""
-        from plumb.core.specs import check_exists, parse_spec
+        from plumb.models.specs import check_exists, parse_spec
 
         spec = parse_spec(override or self.ws.model(role), role=role, fetch=fetch)
         self.pm.registry.check_backend(spec.backend)
@@ -55,7 +55,9 @@ class Session:
         return spec
 
     def context(self, sink: EventSink | None = None, run_id: int | None = None) -> HookContext:
-        return HookContext(self.pm, sink, self.cancel, run_id)
+        from plumb.models.specs import parse_spec
+
+        return HookContext(self.pm, sink, self.cancel, run_id, resolve=parse_spec)
 
     def close(self) -> None:
         self.store.close()

@@ -27,6 +27,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from plumb.core.decoding import common_prefix
 from plumb.core.errors import PlumbError
 
 
@@ -91,22 +92,13 @@ def _ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def tokenize(tokenizer, messages: list[dict[str, str]], answers: Iterable[str]) -> tuple[list[int], list[list[int]], bool]:
     """Prompt ids and one id list per answer (EOS appended); the flag says whether
     the prompt ids were a prefix of every prompt+answer."""
     text = prompt_text(tokenizer, messages)
     prompt_ids = _ids(tokenizer, text)
     fulls = [_ids(tokenizer, text + a) for a in answers]
-    keep = min(_common_prefix(prompt_ids, f) for f in fulls)
+    keep = min(common_prefix(prompt_ids, f) for f in fulls)
     eos = tokenizer.eos_token_id
     outs = []
     for f in fulls:

@@ -76,8 +76,7 @@ def judge_win_rate(ctx, cfg, held, rolls, base: list[str]) -> float:
     orders through ``plumb_judge``; a tie or an order-inconsistent verdict counts half)."""
     requests = [JudgeRequest(held[r.prompt].prompt, r.completion.text, b) for r, b in zip(rolls, base)]
     const = Constitution.model_validate(cfg.constitution)
-    judgments, _, _ = ctx.pm.first("plumb_judge", ctx=ctx, constitution=const, requests=requests,
-                                   judge=ctx.spec(cfg.judge))
+    judgments = ctx.judge(const, requests, cfg.judge)
     if judgments is None:
         raise PlumbError(f"no installed plugin judges with {cfg.judge} (plumb_judge).")
     return sum(1.0 if j.winner == "a" else 0.5 if j.winner == "tie" else 0.0 for j in judgments) / len(judgments)

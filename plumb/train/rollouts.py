@@ -5,7 +5,7 @@ finish reason, and the token ids the trainer scores (prompt ids through the
 chat template, completion ids with EOS appended when the answer stopped):
 
 * ``HFSampler``: transformers ``generate`` on the policy being trained, LoRA and
-  all (``plumb.plugins.hf_generate.sample_batch``); the sampled ids are used as
+  all (``plumb.train.generate.sample_batch``); the sampled ids are used as
   they are. The default on a GPU.
 * ``LlamaSampler``: llama.cpp through ``ctx.generate`` — the default on a CPU,
   where sampling dominates GRPO's time and llama.cpp decodes ~6x faster. After
@@ -36,7 +36,6 @@ the store after the run.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -90,7 +89,7 @@ class HFSampler:
         self.dirty = False
 
     def sample(self, chats: list[Chat], params: SamplingParams) -> list[Rollout]:
-        from plumb.plugins.hf_generate import sample_batch
+        from plumb.train.generate import sample_batch
 
         s = sample_batch(self.model, self.tok, chats, params)
         eos = self.tok.eos_token_id
@@ -114,9 +113,6 @@ class LlamaSampler:
         self.base, self.base_dir, self.out = base_gguf, base_dir, out
         self.lora: str | None = None  # None: the adapter is still zero, sample the base
         self.dirty = dirty
-        import gguf
-
-        self._name_maps = functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map)
 
     @property
     def spec(self) -> ModelSpec:
@@ -126,22 +122,12 @@ class LlamaSampler:
         """Export the current LoRA to ``adapter-step-N.gguf`` if the policy changed since the last export."""
         if not self.dirty:
             return
-        import gguf
-
         from plumb.export.lora_to_gguf import export_lora
 
         tmp = self.out / ".rollout-adapter"
         self.model.save_pretrained(tmp)
         path = self.out / f"adapter-step-{step}.gguf"
-        # hf_to_gguf.gguf_name rebuilds gguf's tensor-name map for every tensor (~40 ms each: 7 s per export
-        # of the starter's 210 LoRA pairs, 0.1 s with the map cached). Cached here for the export only; the
-        # cache belongs in hf_to_gguf.gguf_name.
-        real = gguf.get_tensor_name_map
-        gguf.get_tensor_name_map = self._name_maps
-        try:
-            export_lora(tmp, path, base_dir=self.base_dir)
-        finally:
-            gguf.get_tensor_name_map = real
+        export_lora(tmp, path, base_dir=self.base_dir)
         for old in self.out.glob("adapter-step-*.gguf"):
             if old != path:
                 old.unlink(missing_ok=True)
@@ -167,7 +153,7 @@ def base_gguf(policy_dir: str, out: Path, given: str | None) -> str:
         if not Path(given).is_file():
             raise PlumbError(f"base_gguf {given!r}: no such file.", exit_code=2)
         return given
-    from plumb import starter
+    from plumb.models import starter
 
     try:
         if Path(policy_dir).resolve() == starter.hf_dir().resolve():

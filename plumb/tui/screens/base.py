@@ -42,7 +42,7 @@ class PlumbScreen(Screen[None]):
             self.event = event
 
     def compose(self) -> ComposeResult:
-        yield NavBar(self.NAME)
+        yield NavBar(self.NAME, SCREENS)
         yield Static(id="too-small")
         with Vertical(id="body"):
             yield from self.compose_body()

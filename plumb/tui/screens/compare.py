@@ -74,7 +74,7 @@ def next_eval_prompt(store: Any, models: tuple[str, str]) -> Any:
 def answer(session: Any, base_gguf: str, adapter_gguf: str, prompt: Any) -> Answers:
     """Base and tuned answers to ``prompt`` (a prompts row), reused from the store or generated and stored."""
     from plumb.core.records import Chat
-    from plumb.core.specs import check_exists
+    from plumb.models.specs import check_exists
     from plumb.core.store import Provenance
     from plumb.pipeline.compare import CompareOptions
 
@@ -152,7 +152,7 @@ class CompareScreen(PlumbScreen):
             self.show_win_rate((side_model(base, adapter, 0.0)[1], side_model(base, adapter, 1.0)[1]))
 
     def _default_base(self) -> str:
-        from plumb.core.specs import parse_spec
+        from plumb.models.specs import parse_spec
 
         try:
             spec = parse_spec(self.session.ws.model("generate"))

