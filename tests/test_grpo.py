@@ -22,6 +22,7 @@ from plumb.core.errors import PlumbError
 from plumb.core.records import ModelSpec, Reward, RunSpec, SamplingParams
 from plumb.train import grpo
 from plumb.train.options import GRPOConfig
+from tests.plugins import plugin_source
 
 
 def _chars(completion) -> str:
@@ -304,19 +305,7 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(flat_model, tmp_pat
 
 # -- the stage: tasks from a file, --reward, every rollout stored ------------------------------------------
 
-PLUGIN = '''
-from plumb import hookimpl
-from plumb.core.records import Reward
-
-def digits(task, completion):
-    t = "".join(completion.text.split())
-    return Reward("digits", sum(c.isdigit() for c in t) / max(len(t), 1))
-
-@hookimpl
-def plumb_register_verifiers(register):
-    register("digits", "fraction of digits", score=digits)
-    register("always_one", "1 for everything", score=lambda task, completion: 1.0)
-'''
+PLUGIN = plugin_source("digits.py")
 
 
 def test_plumb_train_grpo_stores_every_rollout(flat_model, tmp_path, runner, workspace):

@@ -15,6 +15,7 @@ from plumb.cli import cli
 from plumb.core.errors import PlumbError
 from plumb.core.events import from_json, to_json
 from plumb.core.records import EVENT_KINDS, Event, ModelSpec, RunSpec
+from tests.plugins import plugin_source
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -102,28 +103,7 @@ def test_a_name_registered_twice_names_both_plugins(workspace, runner):
     assert "'echo' is registered by two plugins: echo_backend and echo_again" in res.stderr
 
 
-METHOD = '''
-from pydantic import BaseModel, ConfigDict, Field
-from plumb import hookimpl
-from plumb.core.records import Event, RunResult
-
-class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    method: str = "count"
-    steps: int = Field(3, ge=1)
-
-@hookimpl
-def plumb_register_methods(register):
-    register("count", "counts to steps", options=Options)
-
-@hookimpl
-def plumb_optimize(ctx, method, run):
-    if method != "count":
-        return None
-    for step in range(1, run.config["steps"] + 1):
-        ctx.emit(Event("metric", step=step, total=run.config["steps"], values={"loss": 1.0 / step}))
-    return RunResult(adapter_dir=run.out_dir, metrics={"loss": 1.0 / run.config["steps"]})
-'''
+METHOD = plugin_source("count_method.py")
 
 
 def test_a_plugin_method_trains_by_name_with_its_options_checked(workspace, runner, tmp_path):
@@ -188,21 +168,7 @@ def test_hook_context_generates_scores_and_cancels(workspace):
         assert ctx.cancelled()
 
 
-RAISES = '''
-from plumb import hookimpl
-from plumb.core.records import Reward
-
-def boom(task, completion):
-    raise RuntimeError("verifier bug")
-
-def half(task, completion):
-    return 0.5
-
-@hookimpl
-def plumb_register_verifiers(register):
-    register("boom", "always raises", score=boom)
-    register("half", "always 0.5", score=half)
-'''
+RAISES = plugin_source("raising_verifier.py")
 
 
 def test_a_verifier_that_raises_is_an_error_reward_and_the_batch_goes_on(workspace):
@@ -241,34 +207,7 @@ def test_lifecycle_marks_done_failed_interrupted(tmp_path):
     assert store.one("SELECT kind, path, run_id FROM artifacts")[:] == ("adapter", "/o/adapter", 1)
 
 
-SLOW_METHOD = '''
-import os, time
-from plumb import hookimpl
-from plumb.core.records import Event, RunResult
-
-@hookimpl
-def plumb_register_methods(register):
-    register("slow", "a step every 50 ms until cancelled; dies on demand")
-
-@hookimpl
-def plumb_optimize(ctx, method, run):
-    if method != "slow":
-        return None
-    for step in range(1, 10_000):
-        if step == 1 or not run.config.get("quiet"):  # quiet: a long stretch with nothing to report
-            ctx.emit(Event("metric", step=step, values={"loss": 1.0}))
-        if run.config.get("die_at") == step:
-            print("about to die", flush=True)
-            os.kill(os.getpid(), 9)
-        if run.config.get("exit_at") == step:
-            os._exit(0)
-        if ctx.cancelled():
-            from plumb.core.context import Cancelled
-            raise Cancelled(f"stopped at step {step}")
-        if step == run.config.get("steps", 10_000):
-            return RunResult(adapter_dir=run.out_dir, metrics={"loss": 1.0})
-        time.sleep(0.05)
-'''
+SLOW_METHOD = plugin_source("slow_method.py")
 
 
 def _train(session, **config):

@@ -11,6 +11,7 @@ from plumb.cli import cli
 from plumb.core.hookspecs import hookimpl
 from plumb.core.plugins import PluginWarning, get_plugin_manager
 from plumb.core.records import Chat, Completion, Reward, Task
+from tests.plugins import plugin_source
 
 
 @pytest.fixture
@@ -58,30 +59,13 @@ def test_builtin_verifiers_are_registered(pm):
     assert [(r.name, r.value) for r in rewards[0]] == [("max_words", 0.0)]
 
 
-GOOD = """
-from plumb import hookimpl
-from plumb.core.records import Reward
-__version__ = "1.2"
+GOOD = plugin_source("good.py")
 
-def has_please(task, completion):
-    return Reward("has_please", float("please" in completion.text))
+BROKEN_IMPORT = plugin_source("broken_import.py")
 
-@hookimpl
-def plumb_register_verifiers(register):
-    register("has_please", "1 if the answer says please", score=has_please)
-"""
+UNKNOWN_HOOK = plugin_source("unknown_hook.py")
 
-BROKEN_IMPORT = "import does_not_exist_anywhere\n"
-
-UNKNOWN_HOOK = """
-from plumb import hookimpl
-
-@hookimpl
-def plumb_rewrad(task, completion):
-    return None
-"""
-
-RAISES_ON_IMPORT = "raise RuntimeError('boom at import')\n"
+RAISES_ON_IMPORT = plugin_source("raises_on_import.py")
 
 
 def _write_ws_plugins(ws, files: dict[str, str]) -> None:
@@ -164,13 +148,7 @@ def test_entry_point_plugins_load_and_fail_softly(monkeypatch):
     sys.modules.pop("fake_ep_plugin")
 
 
-RAISES_AT_CALL = """
-from plumb import hookimpl
-
-@hookimpl
-def plumb_register_verifiers(register):
-    raise ValueError("verifier table is corrupt")
-"""
+RAISES_AT_CALL = plugin_source("raises_at_call.py")
 
 
 def test_plugin_raising_at_call_time_is_one_paragraph(workspace, tmp_path):

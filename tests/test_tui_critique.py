@@ -8,36 +8,11 @@ from plumb.core.workspace import init_workspace
 from plumb.tui.factory import make_app
 from tests.test_tui import run, text, until, use_plugins, with_answers
 from tests.test_tui_train import record_notes
+from tests.plugins import plugin_source
 
 # A critic whose words the test knows: each critique quotes the answer it critiques; the revision of a
 # draft that starts "answer 1" talks about the critique (flagged), every other revision is "Paris.".
-CRITIC = r'''
-import re
-from plumb import hookimpl
-from plumb.core.records import Completion
-
-@hookimpl
-def plumb_register_backends(register):
-    register("script", "a scripted critic")
-
-def _between(tag, text):
-    m = re.search(rf"<{tag}>\n(.*?)\n</{tag}>", text, re.S)
-    return m.group(1) if m else ""
-
-def _reply(text):
-    response = _between("response", text)
-    if "<critique>" not in text:
-        return f"Too long: {response}"
-    if response.startswith("answer 1"):
-        return "I'm sorry, the previous response was too long."
-    return "Here is the revised response: Paris."
-
-@hookimpl
-def plumb_generate(model, chats, params):
-    if model.backend != "script":
-        return None
-    return [[Completion(_reply(c.messages[-1].content), str(model), "script")] * params.n for c in chats]
-'''
+CRITIC = plugin_source("critic.py")
 
 
 @pytest.fixture

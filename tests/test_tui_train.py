@@ -13,6 +13,7 @@ from plumb.core.dataio import import_file
 from plumb.core.workspace import init_workspace
 from plumb.tui.factory import make_app
 from tests.test_tui import run, text, until, use_plugins
+from tests.plugins import plugin_source
 
 
 @pytest.fixture
@@ -76,25 +77,7 @@ def test_a_short_real_training_run_updates_the_charts(ws, tiny_model_dir):
     run(app, body)
 
 
-SLOW = '''
-import time
-from plumb import hookimpl
-from plumb.core.records import Event, RunResult
-
-@hookimpl
-def plumb_register_methods(register):
-    register("slow", "a step every 50 ms until stopped")
-
-@hookimpl
-def plumb_optimize(ctx, method, run):
-    if method != "slow":
-        return None
-    for step in range(1, 100_000):
-        ctx.emit(Event("metric", step=step, values={"loss": 1.0 / step}))
-        print(f"slow step {step}", flush=True)
-        ctx.check_cancelled()
-        time.sleep(0.05)
-'''
+SLOW = plugin_source("slow_train.py")
 
 
 def _children(marker: str) -> list[int]:
@@ -194,37 +177,7 @@ def test_grpo_gets_a_rewards_field_whose_errors_are_notifications_and_whose_valu
     run(app, body)
 
 
-TASKY = '''
-import time
-from typing import ClassVar
-from pydantic import BaseModel, ConfigDict, Field
-from plumb import hookimpl
-from plumb.core.records import Event, RunResult
-
-class TaskyConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    DATA: ClassVar[str] = "tasks"
-    method: str = "tasky"
-    steps: int = Field(4, ge=1)
-    rewards: dict[str, float] = Field(default_factory=dict)
-    checks: list = Field(default_factory=list)
-
-@hookimpl
-def plumb_register_methods(register):
-    register("tasky", "a GRPO-shaped method: tasks, reward weights, a step every 0.3 s", options=TaskyConfig)
-
-@hookimpl
-def plumb_optimize(ctx, method, run):
-    if method != "tasky":
-        return None
-    total = run.config["steps"]
-    ctx.emit(Event("log", run.run_id, message=f"{len(run.data)} tasks; rewards {run.config['rewards']}"))
-    for step in range(1, total + 1):
-        time.sleep(0.3)
-        ctx.emit(Event("metric", run.run_id, step, total, values={"loss": 0.1 * step, "reward": 0.2 * step,
-                                                                   "kl": 0.01 * step, "reward_std": 0.5}))
-    return RunResult(run.out_dir, {"reward": 0.2 * total})
-'''
+TASKY = plugin_source("tasky.py")
 
 
 def test_a_run_on_tasks_charts_its_reward_and_kl_and_estimates_the_time_left(ws):

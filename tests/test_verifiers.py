@@ -11,6 +11,7 @@ from plumb.cli import cli
 from plumb.core.plugins import get_plugin_manager
 from plumb.core.records import Chat, Completion, Task
 from plumb.core.rewards import combine, parse_weights, score, validate_weights
+from tests.plugins import plugin_source
 
 
 @pytest.fixture(scope="module")
@@ -80,19 +81,7 @@ def test_weights_combine_and_a_missing_verifier_is_refused_before_work(pm):
         parse_weights(["numeric=lots"])
 
 
-HANGS = '''
-import time
-from plumb import hookimpl
-
-def hang(task, completion):
-    if "hang" in completion.text:
-        time.sleep(3600)
-    return 1.0
-
-@hookimpl
-def plumb_register_verifiers(register):
-    register("hangs", "sleeps for an hour on some answers", score=hang)
-'''
+HANGS = plugin_source("hangs.py")
 
 
 def test_a_hanging_verifier_times_out_and_the_rest_go_on(tmp_path, monkeypatch):
