@@ -1,8 +1,10 @@
 """Snapshots of the main screens' layout: the SVG Textual exports, compared with tests/snapshots/.
 
 A screen that changed on purpose: rerun with PLUMB_UPDATE_SNAPSHOTS=1 and
-look at the new SVG before committing it. On a mismatch the new SVG is
-written next to the test's temporary files for a look.
+look at the new SVG before committing it. An update never passes: a snapshot
+it writes is reported as skipped ("updated ..."), and only a later run without
+the variable, against the committed file, can pass. On a mismatch the new SVG
+is written next to the test's temporary files for a look.
 
 The workspace lives at a fixed path (the home screen shows it) and names its
 own constitution and stand-in model files, so nothing on the screen depends
@@ -83,9 +85,10 @@ def screenshot(ws, screen: str) -> str:
 def test_main_screens(ws, screen, tmp_path):
     svg = screenshot(ws, screen)
     path = SNAPSHOTS / f"tui-{screen}.svg"
-    if os.environ.get("PLUMB_UPDATE_SNAPSHOTS"):
+    if os.environ.get("PLUMB_UPDATE_SNAPSHOTS") and (not path.is_file() or path.read_text(encoding="utf-8") != svg):
         path.parent.mkdir(exist_ok=True)
         path.write_text(svg, encoding="utf-8")
+        pytest.skip(f"updated {path}: look at it, commit it, rerun without PLUMB_UPDATE_SNAPSHOTS to pass")
     assert path.is_file(), f"no snapshot {path}: run with PLUMB_UPDATE_SNAPSHOTS=1, look at it, commit it"
     if svg != path.read_text(encoding="utf-8"):
         (tmp_path / path.name).write_text(svg, encoding="utf-8")
