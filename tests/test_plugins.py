@@ -55,8 +55,10 @@ def test_builtin_verifiers_are_registered(pm):
     names = pm.registry.verifiers
     assert {"max_words", "no_exclamation", "starts_with_answer", "regex", "exact"} <= set(names)
     task = Task(prompt=Chat(()), meta={"check": {"verifier": "max_words", "params": {"n": 3}}})
+    rewards = score(pm, [task], [_completion("a b c d e f")])
+    assert [(r.name, r.value) for r in rewards[0]] == [("max_words", 0.0)]  # graded: 0 at twice the limit
     rewards = score(pm, [task], [_completion("one two three four")])
-    assert [(r.name, r.value) for r in rewards[0]] == [("max_words", 0.0)]
+    assert [(r.name, round(r.value, 3)) for r in rewards[0]] == [("max_words", 0.667)]  # one word over: 1 - 1/3
 
 
 GOOD = plugin_source("good.py")

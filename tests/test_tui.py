@@ -147,21 +147,22 @@ def test_home_shows_constitution_models_counts_and_next_step(ws):
 
 def test_home_runs_tune_with_live_stages_then_shows_its_report(ws, monkeypatch):
     """ctrl+t calls the pipeline's tune (stubbed here: the real one is tests/test_tune.py) with this
-    workspace and its constitution, shows each stage as it comes, then the report."""
+    workspace's session (its constitution and models, as `plumb -w DIR tune`), shows each stage as it
+    comes, then the report."""
     from plumb.core.records import Event
     from plumb.pipeline import tune
 
     seen = {}
 
-    def fake_run(opts, sink, cancel=None):
-        seen.update(directory=opts.directory, constitution=opts.constitution, cancel=cancel)
+    def fake_tune(session, opts, sink):
+        seen.update(root=session.root, constitution=opts.constitution, model=opts.model, cancel=session.cancel)
         for stage in ("prompts", "sample", "train"):
             sink(Event("stage", stage=stage, message=f"{stage} going"))
         sink(Event("metric", step=2, total=5, values={"loss": 0.5}, stage="train"))
-        (opts.directory / "report.md").write_text("# plumb tune: concise-writer\n\nchecks 40% -> 80%\n")
-        return tune.Tuned(str(opts.directory))
+        (session.root / "report.md").write_text("# plumb tune: concise-writer\n\nchecks 40% -> 80%\n")
+        return tune.Tuned(str(session.root))
 
-    monkeypatch.setattr(tune, "run", fake_run)
+    monkeypatch.setattr(tune, "tune", fake_tune)
     app = make_app(ws.root)
 
     async def body(pilot):
@@ -171,7 +172,8 @@ def test_home_runs_tune_with_live_stages_then_shows_its_report(ws, monkeypatch):
         log = "\n".join(str(line.text) for line in app.screen.query_one("#tune-log").lines)
         assert "prompts" in log and "sample going" in log and "train going" in log
         assert "checks 40% -> 80%" in app.screen.query_one("#tune-report")._markdown
-        assert seen["directory"] == ws.root and seen["constitution"] == "concise-writer"
+        # the workspace's own choices: no constitution or model forced over plumb.toml's
+        assert seen["root"] == ws.root and seen["constitution"] is None and seen["model"] is None
         assert seen["cancel"] is not None
 
     run(app, body)

@@ -1,4 +1,4 @@
-"""`plumb tune` in a reduced mode on the real starter: the plumbing, end to end."""
+"""`plumb tune` in a reduced mode on the real starter: the plumbing end to end, and the direction it moves."""
 
 from __future__ import annotations
 
@@ -7,29 +7,39 @@ import sqlite3
 
 import pytest
 
+from plumb.core.errors import PlumbError
 from plumb.core.records import Event
 
 PROVENANCE = ("model", "backend", "params", "plugin", "plugin_version", "constitution_hash", "created")
 
 
-@pytest.mark.slow
-def test_tune_reduced_mode_stores_trains_serves_reports_and_resumes(tmp_path, real_starter):
-    from plumb.pipeline.tune import Sizes, TuneOptions, run
+def _session(path, constitution="concise-writer"):
+    from plumb.pipeline.session import open_session
 
-    sizes = Sizes(train_prompts=12, dev_prompts=3, eval_prompts=4, k=3, critique_drafts=2, max_tokens=120,
-                  epochs=1.0, checkpoints=2)
-    opts = TuneOptions(directory=tmp_path / "t", sizes=sizes, pairs="checks", judge="none", lr=1e-3)
+    return open_session(path, create=True, constitution=constitution)
+
+
+@pytest.mark.slow
+def test_tune_reduced_mode_stores_trains_moves_the_checks_reports_and_resumes(tmp_path, real_starter):
+    from plumb.pipeline.tune import Sizes, TuneOptions, tune
+
+    sizes = Sizes(train_prompts=12, dev_prompts=3, eval_prompts=8, probe_questions=8, k=4, critique_drafts=2,
+                  judge_audit=4, max_tokens=96, checkpoints=2)
+    opts = TuneOptions(sizes=sizes, method="sft", lr=1e-3, budget_minutes=6)
     events: list[Event] = []
-    out = run(opts, events.append)
+    with _session(tmp_path / "t") as session:
+        out = tune(session, opts, events.append)
     stages = [e.stage for e in events if e.kind == "stage"]
-    for stage in ("prompts", "sample", "critique", "judge", "train", "choose", "compare", "report"):  # judge: checks
+    for stage in ("prompts", "sample", "critique", "judge", "train", "choose", "compare", "report"):
         assert stage in stages, (stage, stages)
     report = json.loads((tmp_path / "t" / "report.json").read_text())
     assert report == json.loads(json.dumps(out.report, default=str))
-    for key in ("base_gguf", "adapter_gguf", "hf_base", "constitution", "counts", "train", "eval", "timings_s"):
+    for key in ("base_gguf", "adapter_gguf", "hf_base", "constitution", "counts", "learning", "train", "eval",
+                "probe", "timings_s"):
         assert key in report
     assert (tmp_path / "t" / "report.md").read_text().startswith("# plumb tune: concise-writer")
-    assert (tmp_path / "t" / "training.png").stat().st_size > 1000
+    assert report["learning"]["method"] == "sft" and report["learning"]["rounds"][0]["rows"] >= 4
+    assert "judge" in report["learning"] and "critic" in report["learning"]  # each said why it was used or not
 
     db = sqlite3.connect(tmp_path / "t" / "plumb.db")
     db.row_factory = sqlite3.Row
@@ -37,22 +47,42 @@ def test_tune_reduced_mode_stores_trains_serves_reports_and_resumes(tmp_path, re
               for t in ("prompts", "samples", "critiques", "judgments")}
     assert {k: report["counts"][k] for k in counts} == counts  # the report's counts are the store's
     assert db.execute("SELECT count(*) FROM samples WHERE kind = 'sample' AND params LIKE ?",
-                      ('%"n": 3%',)).fetchone()[0] == 36  # 12 prompts x k 3
+                      ('%"n": 4%',)).fetchone()[0] == 48  # 12 prompts x k 4
     for table in ("samples", "critiques", "judgments", "runs"):
         for row in db.execute(f"SELECT * FROM {table} WHERE plugin IS NOT 'import'"):
             assert all(row[c] is not None for c in PROVENANCE), (table, dict(row))
     assert db.execute("SELECT status FROM runs").fetchone()[0] == "done"
 
-    # the adapter GGUF loads on the base and changes greedy output on some held-out prompt
+    # the direction trained: the tuned model's held-out answers score higher on the checks and are shorter
     ev = report["eval"]
-    assert ev["n"] == 4
-    assert any(e["base"].strip() != e["tuned"].strip() for e in ev["examples"])
+    assert ev["n"] == 8
+    assert ev["tuned"]["checks"]["all"]["rate"] > ev["base"]["checks"]["all"]["rate"]
+    assert ev["tuned"]["mean_words"] < ev["base"]["mean_words"]
+    assert report["probe"]["n"] == 8
 
     # a rerun finds every stage done: nothing sampled, critiqued, judged or trained again
-    before = counts
-    again = []
-    run(opts, again.append)
+    again: list[Event] = []
+    with _session(tmp_path / "t") as session:
+        tune(session, opts, again.append)
     after = {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("prompts", "samples", "critiques")}
-    assert after == {k: before[k] for k in after}
+    assert after == {k: counts[k] for k in after}
     assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
     assert any("already trained" in e.message for e in again if e.kind == "log")
+
+
+def test_nothing_to_rank_and_too_small_budget_are_refused_before_any_work(tmp_path):
+    """No checks and no judge: refused at the start, naming the fixes; a budget too small to train names the
+    minimum. Nothing is sampled (no model is even loaded)."""
+    from plumb.pipeline.tune import TuneOptions, tune
+
+    bare = tmp_path / "bare.toml"
+    bare.write_text('name = "bare"\nversion = "1"\ndescription = "d"\n\n[[principles]]\nid = "one"\n'
+                    'text = "Be kind."\n')
+    with _session(tmp_path / "a") as session:
+        with pytest.raises(PlumbError, match="nothing can rank answers.*checks.*--judge"):
+            tune(session, TuneOptions(constitution=str(bare), judge="none"))
+        assert session.store.one("SELECT count(*) FROM samples")[0] == 0
+    with _session(tmp_path / "b") as session:
+        with pytest.raises(PlumbError, match=r"leaves no time to train.*use at least \d+"):
+            tune(session, TuneOptions(budget_minutes=1))
+        assert session.store.one("SELECT count(*) FROM samples")[0] == 0

@@ -6,56 +6,74 @@ from pathlib import Path
 
 import click
 
+from plumb.pipeline.learn import DEFAULT_METHOD, METHODS
+
 
 @click.command()
-@click.option("--constitution", "-c", default="concise-writer", show_default=True,
-              help="A shipped constitution's name or your own TOML file.")
-@click.option("--model", default="starter", show_default=True,
-              help="The GGUF that samples, critiques, judges and serves (llamacpp:PATH.gguf or starter).")
-@click.option("--train-model", help="The HF copy of --model the LoRA is trained on (default: the starter's).")
-@click.option("--judge", help="A stronger judge, e.g. anthropic:claude-... or llamacpp:big.gguf (default: --model); "
-                             "'none': no AI judge, the checks decide (faster).")
-@click.option("--critic", help="A stronger critic (default: --model, self-critique).")
-@click.option("--pairs", type=click.Choice(["auto", "judge", "checks", "both"]), default="auto", show_default=True,
-              help="Whose verdicts make training pairs; auto trusts the judge only where this run measured it "
-                   "agreeing with the checks better than chance.")
-@click.option("--out", "out_dir", default="tune", show_default=True, type=click.Path(file_okay=False),
-              help="The workspace and report directory (a rerun continues where it stopped).")
+@click.option("--constitution", "-c", help="A shipped constitution's name or your own TOML file "
+                                           "(default: the workspace's; concise-writer for a new one).")
+@click.option("--model", help="The GGUF that samples and serves (llamacpp:PATH.gguf or starter; default: the "
+                              "workspace's generate model).")
+@click.option("--train-model", help="The HF copy of --model the LoRA is trained on (default: the workspace's).")
+@click.option("--judge", help="A stronger judge, e.g. anthropic:claude-... or llamacpp:big.gguf (default: --model, "
+                              "audited against the checks first); 'none': no AI judge.")
+@click.option("--critic", help="A stronger critic (default: --model, self-critique); 'none': no critique.")
+@click.option("--method", type=click.Choice(METHODS), default=DEFAULT_METHOD, show_default=True,
+              help="How to learn from the ranked answers (bench/RESULTS.md compares them).")
+@click.option("--rounds", default=1, show_default=True, type=click.IntRange(1, 5),
+              help="On-policy rounds: sample again with the adapter so far, rank, train on (dpo, sft).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="The workspace and report directory (default: -w's workspace, else ./tune; a rerun continues "
+                   "where it stopped).")
 @click.option("--budget-minutes", default=10.0, show_default=True, type=click.FloatRange(1),
-              help="Trades data size for time: how many prompts are sampled, critiqued and judged.")
+              help="Wall-clock budget; what the other stages leave goes into training.")
+@click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print report.json.")
-def tune(constitution, model, train_model, judge, critic, pairs, out_dir, budget_minutes, as_json) -> None:
-    """Tune a model toward a constitution from data the model and the constitution make, and measure it.
+@click.pass_context
+def tune(ctx, constitution, model, train_model, judge, critic, method, rounds, out_dir, budget_minutes, seed,
+         as_json) -> None:
+    """Tune a model toward a constitution from answers it samples, ranked by the constitution, and measure it.
 
     \b
-    Samples answers, critiques and revises them against the principles, judges pairs
-    (both orders) and checks them in code, trains a DPO LoRA, keeps the checkpoint
-    that does best on dev prompts, exports it as a GGUF LoRA and compares base and
-    tuned on held-out prompts. Writes OUT/report.md, OUT/report.json and charts.
+    Samples k answers per prompt, ranks them by the principles' graded code checks (an AI
+    judge joins only after it agrees with the checks on this run), trains a LoRA (DPO on
+    each prompt's best vs worst answer by default), keeps the checkpoint that does best on
+    dev prompts, exports it as a GGUF LoRA and compares base and tuned on held-out prompts
+    and on a probe of facts the base knows. Writes OUT/report.md, OUT/report.json, charts.
     """
     import json
 
     from plumb.commands.progress import Progress
-    from plumb.pipeline.tune import TuneOptions, run
+    from plumb.pipeline.session import open_session
+    from plumb.pipeline.tune import TuneOptions, tune as run
 
-    opts = TuneOptions(Path(out_dir), constitution, model, train_model, judge, critic, pairs, budget_minutes)
-    with Progress(quiet=as_json) as show:
-        out = run(opts, show)
+    directory = out_dir or (ctx.find_root().obj or {}).get("workspace") or "tune"
+    opts = TuneOptions(constitution, model, train_model, judge, critic, method, rounds, budget_minutes, seed=seed)
+    with Progress(quiet=as_json) as show, \
+            open_session(directory, create=True, constitution=constitution or "concise-writer") as session:
+        out = run(session, opts, show)
     if as_json:
         click.echo(json.dumps(out.report, indent=2, default=str))
         return
     ev = out.report["eval"]
     base, tuned = ev["base"]["checks"].get("all", {}), ev["tuned"]["checks"].get("all", {})
+    diff = out.report["eval"].get("difference", {})
     click.echo(f"checks passed on {ev['n']} held-out prompts: base {base.get('rate', 0):.0%} -> tuned "
-               f"{tuned.get('rate', 0):.0%}; mean words {ev['base']['mean_words']} -> {ev['tuned']['mean_words']}; "
+               f"{tuned.get('rate', 0):.0%}" + (f" (difference {diff['diff']:+.0%}, 95% CI {diff['lo']:+.0%} to "
+                                                 f"{diff['hi']:+.0%})" if diff else "")
+               + f"; mean words {ev['base']['mean_words']} -> {ev['tuned']['mean_words']}; "
                f"distinct-2 {ev['base']['distinct2']:.2f} -> {ev['tuned']['distinct2']:.2f}")
+    tax = out.report.get("probe")
+    if tax and tax["kept"]["n"]:
+        click.echo(f"facts kept (alignment-tax probe): {tax['kept']['k']}/{tax['kept']['n']} the base knew "
+                   f"({tax['kept']['rate']:.0%}; {'ok' if tax['ok'] else 'below ' + format(tax['threshold'], '.0%')})")
     if ev.get("win_rate"):
         w = ev["win_rate"]
         click.echo(f"judge prefers tuned: {w['rate']:.0%} (95% CI {w['lo']:.0%}-{w['hi']:.0%}, n {w['n']})")
-    click.echo(f"report: {Path(out_dir) / 'report.md'}\n"
-               f"chat with it: plumb -w {out_dir} generate --model "
+    click.echo(f"report: {Path(directory) / 'report.md'}\n"
+               f"chat with it: plumb -w {directory} generate --model "
                f"llamacpp:{out.report['base_gguf']}+lora:{out.report['adapter_gguf']} \"your question\"\n"
-               f"or open it in the terminal UI: plumb tui {out_dir}")
+               f"or open it in the terminal UI: plumb tui {directory}")
 
 
 def register(cli: click.Group) -> None:

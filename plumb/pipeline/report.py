@@ -8,31 +8,34 @@ import json
 from pathlib import Path
 from typing import Any
 
+from plumb.core.text import printable
 from plumb.pipeline.session import Session
 
 CURVES = (("loss", "loss"), ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin"))
 
 
 def write_report(session: Session, out: Path, const: Any, base_gguf: str, adapter_gguf: str, hf_base: str,
-                 trained: Any, result: Any, pairs: dict[str, Any], choice: dict[str, Any], source: str,
-                 seconds: dict[str, float]) -> dict[str, Any]:
+                 trained: Any, result: Any, learned: dict[str, Any], choice: dict[str, Any], source: str,
+                 seconds: dict[str, float], tax: Any) -> dict[str, Any]:
+    from plumb.pipeline.stats import workspace_counts
+
     store = session.store
-    counts = {k: store.one(f"SELECT count(*) FROM {t}")[0] for k, t in
-              (("prompts", "prompts"), ("samples", "samples"), ("critiques", "critiques"), ("judgments", "judgments"))}
-    counts["pairs"] = pairs["kept"]
+    counts = workspace_counts(store)
     curves = {key: store.metrics(trained.run_id, key) for key, _ in CURVES}
     tps = store.metrics(trained.run_id, "tokens_per_s")
     report = {
         "base_gguf": base_gguf, "adapter_gguf": adapter_gguf, "hf_base": hf_base,
         "constitution": {"name": const.name, "hash": const.hash}, "prompts_from": source, "counts": counts,
-        "pairs": pairs, "critic": critic_stats(store),
+        "learning": learned, "critic": critic_stats(store),
         "train": {"run_id": trained.run_id, "steps": curves["loss"][-1][0] if curves["loss"] else 0,
                   "final_loss": curves["loss"][-1][1] if curves["loss"] else None,
                   "reward_accuracy": curves["rewards/accuracies"][-1][1] if curves["rewards/accuracies"] else None,
+                  "method": learned["method"],
                   "tokens_per_s": sum(v for _, v in tps) / len(tps) if tps else None,
                   "checkpoint": choice},
         "eval": result.to_dict() | {"win_rate": result.win, "n": result.n},
-        "timings_s": seconds,
+        "probe": tax.to_dict(),
+        "timings_s": seconds, "total_s": round(sum(seconds.values()), 1),
     }
     out.mkdir(parents=True, exist_ok=True)
     charts = _charts(out, curves, result)
@@ -134,26 +137,49 @@ def _markdown(report: dict[str, Any], const: Any, result: Any, charts: list[Path
     for key in ev["base"]["checks"]:
         lines.append(f"| checks: {key} | {_pct(ev['base']['checks'][key])} | {_pct(ev['tuned']['checks'][key])} |")
     lines += [f"| mean words | {ev['base']['mean_words']} | {ev['tuned']['mean_words']} |",
-              f"| distinct-2 | {ev['base']['distinct2']:.3f} | {ev['tuned']['distinct2']:.3f} |", ""]
+              f"| distinct-2 | {ev['base']['distinct2']:.3f} | {ev['tuned']['distinct2']:.3f} |",
+              f"| degenerate answers | {ev['base']['degenerate']:.0%} | {ev['tuned']['degenerate']:.0%} |", ""]
+    d = ev.get("difference")
+    if d:
+        lines += [f"Pooled checks, tuned - base: **{d['diff']:+.1%}** (95% interval {d['lo']:+.1%} to {d['hi']:+.1%}, "
+                  f"paired bootstrap over {d['prompts']} prompts).", ""]
+    tax = report["probe"]
+    if tax["n"]:
+        lines += [f"Alignment-tax probe: {tax['n']} short questions with known answers; the base answers "
+                  f"{tax['base_right']} right, the tuned model keeps {_pct(tax['kept'])} of those "
+                  f"({'ok' if tax['ok'] else 'below'} the {tax['threshold']:.0%} bar); tuned right overall "
+                  f"{tax['tuned_right']}.", ""]
     win = report["eval"]["win_rate"]
     if win:
         lines += [f"Judge ({win['judge']}) prefers tuned over base: {win['rate']:.0%} (95% CI {win['lo']:.0%}-"
                   f"{win['hi']:.0%}; {win['wins']} wins, {win['losses']} losses, {win['ties']} ties or "
                   "inconsistent, each judged in both orders; a tie counts half).", ""]
-    p = report["pairs"]
-    lines += ["## Data", "", f"Prompts from the {report['prompts_from']} set; counts: "
+    learned = report["learning"]
+    lines += ["## How it learned", "", f"Method **{learned['method']}**: {learned['why']}.", ""]
+    for i, r in enumerate(learned["rounds"], 1):
+        lines.append(f"- round {i}: {r['answers']} answers to {r['prompts']} prompts from `{r['model']}` "
+                     f"(mean checks score {r['mean_score']:.2f}, {r['pass_share']:.0%} pass every check) -> "
+                     f"{r['rows']} training rows")
+    for key in ("headroom", "critic", "judge"):
+        if key in learned:
+            lines.append(f"- {key}: {learned[key]}")
+    lines += [f"- share of the run spent learning: {learned['learning_share']:.0%}", "",
+              "Prompts from the " + report["prompts_from"] + " set; workspace counts: "
               + ", ".join(f"{k} {v}" for k, v in report["counts"].items()) + ".", "",
-              f"Pairs by **{p['mode']}**: {p['why']}. Kept {p['kept']}; dropped "
-              + (", ".join(f"{k} {v}" for k, v in p["dropped"].items()) or "none") + ".", "",
-              _critic_line(report["critic"]), "",
-              "## Training", "",
-              f"{tr['steps']} DPO steps, final loss {tr['final_loss']:.4f}, reward accuracy "
-              f"{tr['reward_accuracy']:.2f}, {tr['tokens_per_s']:.0f} tokens/s. Checkpoint chosen by the checks on "
-              "the dev prompts: " + ", ".join(f"{k} {v:.0%}" for k, v in tr["checkpoint"]["dev_checks"].items())
-              + f" (base {tr['checkpoint']['dev_checks_base']:.0%}).", ""]
+              _critic_line(report["critic"]), "", "## Training", "",
+              f"{tr['steps']} {tr['method']} steps, final loss "
+              + (f"{tr['final_loss']:.4f}" if tr["final_loss"] is not None else "n/a")
+              + (f", {tr['tokens_per_s']:.0f} tokens/s" if tr["tokens_per_s"] else "") + ". Checkpoint chosen by "
+              "the checks on the dev prompts: "
+              + (", ".join(f"{k} {v:.0%}" for k, v in tr["checkpoint"]["dev_checks"].items()) or "only one")
+              + (f" (base {tr['checkpoint']['dev_checks_base']:.0%})." if tr["checkpoint"]["dev_checks_base"]
+                 is not None else "."), ""]
     lines += [f"![{c.stem}]({c.name})" for c in charts] + [""]
-    lines += ["## Timings of this run (s; a stage a rerun found done takes ~0)", "", " | ".join(f"{k} {v}" for k, v in report["timings_s"].items()), "",
+    lines += ["## Timings of this run (s; a stage a rerun found done takes ~0)", "",
+              " | ".join(f"{k} {v}" for k, v in report["timings_s"].items()) + f" | total {report['total_s']}", "",
               "## Examples", ""]
     for ex in result.examples[:6]:
-        lines += [f"**{ex['prompt']}**", "", f"- base: {ex['base'].strip()}", f"- tuned: {ex['tuned'].strip()}", ""]
+        # a person reads these (the TUI shows this file): control characters escaped; report.json keeps them
+        lines += [f"**{printable(ex['prompt'])}**", "", f"- base: {printable(ex['base'].strip())}",
+                  f"- tuned: {printable(ex['tuned'].strip())}", ""]
     return "\n".join(lines)

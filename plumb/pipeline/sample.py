@@ -31,6 +31,7 @@ class SampleOptions:
     split: str = "train"
     params: SamplingParams = field(default_factory=SamplingParams)
     limit: int | None = None  # the split's first N prompts
+    prompt_ids: list[int] | None = None  # these stored prompts instead of the split
     constitution: str | None = None
     again: bool = False  # sample anew even where this model already answered with these parameters
 
@@ -56,7 +57,9 @@ def sample(session: Session, opts: SampleOptions, sink: EventSink | None = None)
         rows = [(store.add_prompt([{"role": "user", "content": p}], source="cli"), Chat.from_user(p))
                 for p in opts.prompts]
     else:
-        rows = [(r["id"], Chat.from_dicts(json.loads(r["messages"]))) for r in store.prompts(opts.split)[:opts.limit]]
+        chosen = store.prompts(opts.split)[:opts.limit] if opts.prompt_ids is None else [
+            r for r in store.prompts() if r["id"] in set(opts.prompt_ids)]
+        rows = [(r["id"], Chat.from_dicts(json.loads(r["messages"]))) for r in chosen]
         if not rows:
             raise PlumbError(f"no prompts given and the workspace has no {opts.split!r} prompts; pass PROMPTS or "
                              "`plumb data import FILE.jsonl` first.", exit_code=2)

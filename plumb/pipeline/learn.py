@@ -1,0 +1,128 @@
+"""What `plumb tune` learns from: the k answers of each train prompt ranked by the checks.
+
+Every answer gets its graded checks score (``plumb.core.checks``: the principles' weighted
+mean, 1.0 when it passes everything). From the ranking, each method takes its rows:
+
+* ``dpo``  per prompt the pair with the largest score gap (best vs worst), when the gap is
+           at least ``MIN_GAP``; the largest gaps first (they carry the clearest signal);
+* ``sft``  per prompt the best answer (rejection sampling, best-of-k), when it beats the
+           prompt's worst answer by ``MIN_GAP`` or passes every check;
+* ``grpo`` no rows: the checks are its rewards (``check_rewards``).
+
+Rows are written to a JSONL file in the shapes ``plumb data import`` reads, and the train stage
+trains on that file, so a rerun with the same rows reuses the finished run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from plumb.core.checks import check_texts
+from plumb.core.store import Store
+
+MIN_GAP = 0.02  # graded scores closer than this are a tie
+METHODS = ("dpo", "sft", "grpo")
+DEFAULT_METHOD = "sft"  # the bench's winner (bench/bench_tune.py, bench/RESULTS.md)
+
+
+@dataclass
+class Answer:
+    sample_id: int
+    text: str
+    score: float
+    all_passed: bool
+
+
+@dataclass
+class Ranked:
+    """Per train prompt (id -> messages), its answers best first."""
+
+    messages: dict[int, list[dict[str, str]]]
+    answers: dict[int, list[Answer]]
+
+    @property
+    def n_answers(self) -> int:
+        return sum(len(a) for a in self.answers.values())
+
+    def pass_share(self) -> float:
+        """The share of answers that pass every check (the headroom test)."""
+        return sum(a.all_passed for v in self.answers.values() for a in v) / max(self.n_answers, 1)
+
+    def mean_score(self) -> float:
+        return sum(a.score for v in self.answers.values() for a in v) / max(self.n_answers, 1)
+
+
+def answers_of(store: Store, model: str, prompt_ids: list[int]) -> list[dict[str, Any]]:
+    """The samples ``model`` made for these prompts (any sampling parameters), and the usable (unflagged)
+    last revisions of them: the candidates a round ranks."""
+    if not prompt_ids:
+        return []
+    marks = ",".join("?" * len(prompt_ids))
+    rows = store.query(
+        f"SELECT s.id, s.prompt_id, s.text FROM samples s WHERE s.kind = 'sample' AND s.model = ? AND "
+        f"s.prompt_id IN ({marks}) ORDER BY s.id", (model, *prompt_ids))
+    revised = store.query(
+        f"SELECT s.id, s.prompt_id, s.text FROM critiques c JOIN samples s ON s.id = c.revision_id JOIN samples d "
+        f"ON d.id = c.sample_id WHERE c.flags IS NULL AND d.model = ? AND s.prompt_id IN ({marks}) AND NOT EXISTS "
+        f"(SELECT 1 FROM critiques n WHERE n.sample_id = s.id) ORDER BY s.id", (model, *prompt_ids))
+    return [dict(r) for r in rows] + [dict(r) for r in revised]
+
+
+def rank(session: Any, const: Any, model: str, prompt_ids: list[int]) -> Ranked:
+    store = session.store
+    rows = answers_of(store, model, prompt_ids)
+    checked = check_texts(session.pm, const, [r["text"] for r in rows])
+    messages = {p["id"]: json.loads(p["messages"]) for p in store.prompts() if p["id"] in set(prompt_ids)}
+    answers: dict[int, list[Answer]] = {}
+    for r, c in zip(rows, checked):
+        if r["text"].strip():
+            answers.setdefault(r["prompt_id"], []).append(Answer(r["id"], r["text"], c.score, c.all_passed))
+    for v in answers.values():
+        v.sort(key=lambda a: (-a.score, len(a.text.split())))  # equal scores: the shorter first
+    return Ranked(messages, answers)
+
+
+def dpo_rows(ranked: Ranked) -> list[dict[str, Any]]:
+    """Best vs worst of each prompt where they differ by at least MIN_GAP, the largest gaps first."""
+    rows = []
+    for pid, answers in ranked.answers.items():
+        if len(answers) >= 2 and answers[0].score - answers[-1].score >= MIN_GAP:
+            rows.append((answers[0].score - answers[-1].score,
+                         {"prompt": ranked.messages[pid], "chosen": answers[0].text, "rejected": answers[-1].text}))
+    rows.sort(key=lambda r: -r[0])
+    return [r for _, r in rows]
+
+
+def sft_rows(ranked: Ranked) -> list[dict[str, Any]]:
+    """The best answer of each prompt where it is better than the worst, or passes every check."""
+    rows = []
+    for pid, answers in ranked.answers.items():
+        best = answers[0]
+        if best.all_passed or best.score - answers[-1].score >= MIN_GAP:
+            rows.append((best.score, {"messages": ranked.messages[pid] + [{"role": "assistant",
+                                                                             "content": best.text}]}))
+    rows.sort(key=lambda r: -r[0])
+    return [r for _, r in rows]
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def check_rewards(const: Any) -> dict[str, float]:
+    """GRPO's reward weights from the constitution's checks, keyed by verifier (as GRPO's rewards are):
+    each use of a verifier weighs its principle's weight over that principle's checks; a verifier used
+    several times weighs the mean of its uses, and the weights are scaled so all uses add up to 1."""
+    uses: dict[str, list[float]] = {}
+    for p in const.principles:
+        for c in p.checks:
+            uses.setdefault(c.verifier, []).append(p.weight / len(p.checks))
+    total = sum(sum(v) for v in uses.values()) or 1.0
+    return {name: sum(v) / len(v) / total for name, v in uses.items()}

@@ -1,0 +1,82 @@
+"""The alignment-tax probe: tuning a style must not erase what the model knows.
+
+Short questions with known answers (``plumb/data/probe_questions.jsonl``: capitals, counts,
+everyday facts) are answered greedily by base and tuned from one loaded model (the compare
+stage, split ``probe``). An answer is right when it contains one of the accepted answers as a
+whole word. The tax is measured on the questions the base answers right: the share the tuned
+model still answers right (``kept``, at least 0.95 to pass), with its 95% interval.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from plumb.core.records import EventSink, SamplingParams
+from plumb.pipeline.compare import CompareOptions, compare
+from plumb.pipeline.session import Session
+from plumb.pipeline.stats import Rate
+
+SOURCE = "bundled:probe_questions.jsonl"
+SPLIT = "probe"
+KEEP = 0.95
+
+
+@dataclass
+class Probe:
+    n: int = 0
+    base_right: int = 0
+    tuned_right: int = 0
+    kept: Rate = field(default_factory=lambda: Rate(0, 0))  # of those the base got right, the tuned still right
+    lost: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.kept.n or self.kept.value >= KEEP
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "base_right": self.base_right, "tuned_right": self.tuned_right,
+                "kept": self.kept.to_dict(), "threshold": KEEP, "ok": self.ok, "lost": self.lost}
+
+
+def right(answer: str, accepted: list[str]) -> bool:
+    return any(re.search(rf"(?<!\w){re.escape(a)}(?!\w)", answer, re.IGNORECASE) for a in accepted)
+
+
+def _questions(session: Session) -> dict[int, list[str]]:
+    """The probe's prompts in the store (imported once), prompt id -> accepted answers."""
+    store = session.store
+    if not store.one("SELECT 1 FROM prompts WHERE split = ? LIMIT 1", (SPLIT,)):
+        records = [json.loads(line) for line in
+                   Path(str(files("plumb.data") / "probe_questions.jsonl")).read_text().splitlines() if line.strip()]
+        with store.transaction():
+            for r in records:
+                store.add_prompt([{"role": "user", "content": r["q"]}], {"meta": {"accept": r["a"]}},
+                                 split=SPLIT, source=SOURCE)
+    return {p["id"]: json.loads(p["task"])["meta"]["accept"] for p in store.prompts(SPLIT)}
+
+
+def probe(session: Session, base_gguf: str, adapter_gguf: str, constitution: str | None = None,
+          sink: EventSink | None = None, limit: int | None = None) -> Probe:
+    accepted = _questions(session)
+    params = SamplingParams(n=1, temperature=0.0, max_tokens=48, seed=0)
+    result = compare(session, CompareOptions(base_gguf, adapter_gguf, split=SPLIT, params=params,
+                                             constitution=constitution, limit=limit), sink)
+    out = Probe(n=len(result.rows))
+    kept = 0
+    for row in result.rows:
+        accept = accepted[row.prompt_id]
+        base_ok, tuned_ok = right(row.base, accept), right(row.tuned, accept)
+        out.base_right += base_ok
+        out.tuned_right += tuned_ok
+        if base_ok:
+            kept += tuned_ok
+            if not tuned_ok:
+                out.lost.append({"question": row.prompt, "base": row.base, "tuned": row.tuned})
+    out.kept = Rate(kept, out.base_right)
+    return out
+

@@ -1,0 +1,313 @@
+"""The stages of one `plumb tune` run (``tune.py`` says their order and why).
+
+``Run`` holds what the stages share (the session, options, sizes, constitution, models,
+clock) and what they found (the headroom, whether the critic and the judge earned their
+time, the learning rounds), so ``tune()`` reads as the list of stages and the report can
+say why each choice was made.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from plumb.core.checks import check_texts, has_checks
+from plumb.core.errors import PlumbError
+from plumb.core.records import Event, EventSink, SamplingParams
+from plumb.pipeline import learn
+from plumb.pipeline.agreement import agreement
+from plumb.pipeline.compare import CompareOptions, compare
+from plumb.pipeline.critique import CritiqueOptions, critique
+from plumb.pipeline.evaluate import EvalOptions, evaluate
+from plumb.pipeline.export import export_adapter
+from plumb.pipeline.judge import JudgeOptions, judge
+from plumb.pipeline.pairs import build
+from plumb.pipeline.probe import probe
+from plumb.pipeline.sample import SampleOptions, sample
+from plumb.pipeline.session import Session
+from plumb.pipeline.train import TrainOptions, Trained, train
+
+LR = {"dpo": 5e-4, "sft": 3e-4, "grpo": 5e-4}  # on the starter (bench/RESULTS.md): 16 epochs at 5e-4 cost facts
+STEP_S = {"dpo": 12.0, "sft": 6.0, "grpo": 16.0}  # seconds per step on 2 cores: sizes the schedule only
+EPOCHS = {"dpo": 2.0, "sft": 3.0}  # at most: more passes over the same few rows memorise them and cost facts
+# lora_dropout 0 (no copy of every LoRA input) and activation checkpointing: the training child's peak memory
+# on the starter 5.9 GB -> 2.5 GB (bench/RESULTS.md), for ~30% more time per step
+MEMORY = {"lora_dropout": 0.0, "gradient_checkpointing": True}
+HEADROOM = 0.95  # the base passing more of its checks than this: little to learn
+SAMPLE_S = 0.9  # seconds per answer of up to 128 tokens, batched, 2 cores (the starter): sizes the reserve
+MIN_ROWS = 4
+
+
+def reserve_seconds(sizes: Any) -> float:
+    """What the stages after training cost (seconds, 2 cores, the starter): checkpoint choice on the dev
+    prompts, held-out evaluation (both sides), the probe (short answers), export and the report."""
+    per = SAMPLE_S * sizes.max_tokens / 128
+    return (per * (sizes.dev_prompts * (sizes.checkpoints + 1) + 2 * sizes.eval_prompts)
+            + 0.4 * per * 2 * sizes.probe_questions + 10 * sizes.checkpoints + 25)
+
+
+@dataclass
+class Round:
+    model: str  # who sampled this round's answers
+    prompts: int
+    answers: int
+    rows: int
+    mean_score: float
+    pass_share: float
+    run_id: int | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class Run:
+    session: Session
+    opts: Any
+    sizes: Any
+    const: Any
+    base_gguf: str
+    train_model: str
+    clock: Any
+    emit: EventSink
+    found: dict[str, Any] = field(default_factory=dict)  # what the report says about each choice
+    rounds: list[Round] = field(default_factory=list)
+    trusted_judge: str | None = None
+
+    # -- 2. headroom ---------------------------------------------------------------------------
+    def headroom(self) -> None:
+        """The base's greedy answers to the dev prompts (the checkpoint choice reuses them), checked."""
+        if not has_checks(self.const):
+            return
+        params = SamplingParams(n=1, temperature=0.0, max_tokens=self.sizes.max_tokens, seed=0)
+        result = compare(self.session, CompareOptions(self.base_gguf, self.base_gguf, split="dev", params=params,
+                                                      constitution=self.opts.constitution,
+                                                      limit=self.sizes.dev_prompts, sides=("base",)), self.emit)
+        rate = result.checks["base"]
+        self.found["headroom"] = {"dev_checks_base": rate, "prompts": len(result.rows)}
+        if rate > HEADROOM:
+            self.emit(Event("log", message=f"warning: the base already passes {rate:.0%} of this constitution's "
+                                           f"checks on {len(result.rows)} dev prompts: there is little to learn. "
+                                           "Tighten the checks (e.g. lower word limits) to see a change."))
+
+    # -- 3-6. sample, critique, judge, train (rounds) ----------------------------------------------
+    def learn(self) -> Trained:
+        if self.opts.method == "grpo":
+            return self._grpo()
+        train_ids = [p["id"] for p in self.session.store.prompts("train")]
+        per_round = self.sizes.train_prompts
+        adapter_dir: str | None = None
+        trained = None
+        for r in range(self.opts.rounds):
+            ids = train_ids[(r * per_round) % max(len(train_ids), 1):][:per_round] or train_ids[:per_round]
+            model = self._sample(ids, r, adapter_dir)
+            self.clock.lap("sample" if r == 0 else "resample")
+            if r == 0:
+                self._critique()
+                self._audit_judge()
+            ranked = learn.rank(self.session, self.const, model, ids)
+            rows = self._rows(ranked)
+            self.rounds.append(Round(model, len(ranked.answers), ranked.n_answers, len(rows),
+                                     round(ranked.mean_score(), 4), round(ranked.pass_share(), 4)))
+            if len(rows) < MIN_ROWS:
+                if trained is not None:
+                    self.emit(Event("log", message=f"round {r + 1}: only {len(rows)} rows; keeping round {r}"))
+                    break
+                raise PlumbError(
+                    f"only {len(rows)} usable training rows from {ranked.n_answers} answers (the checks tie on the "
+                    f"rest: mean score {ranked.mean_score():.2f}, {ranked.pass_share():.0%} pass every check) - too "
+                    f"few to train on (at least {MIN_ROWS}). Raise --budget-minutes for more prompts, tighten the "
+                    "checks, or use a stronger judge (--judge anthropic:... or a larger GGUF).", exit_code=2)
+            trained = self._train(rows, r, adapter_dir)
+            self.rounds[-1].run_id, self.rounds[-1].seconds = trained.run_id, self.clock.seconds.get("train", 0)
+            adapter_dir = trained.adapter_dir
+            self.clock.lap("train")
+        return trained
+
+    def _sample(self, ids: list[int], r: int, adapter_dir: str | None) -> str:
+        """k answers per prompt from the base (round 1) or the adapter so far; returns the sampler's spec."""
+        spec = self.opts.model
+        if adapter_dir is not None:
+            gguf = export_adapter(self.session, adapter_dir, self.train_model.removeprefix("hf:"),
+                                  self.rounds[-1].run_id, str(Path(adapter_dir).parent / "adapter.gguf"))
+            spec = f"llamacpp:{self.base_gguf}+lora:{gguf}"
+        params = SamplingParams(n=self.sizes.k, temperature=0.8, top_p=0.95, max_tokens=self.sizes.max_tokens,
+                                seed=self.opts.seed + r)
+        out = sample(self.session, SampleOptions(model=spec, prompt_ids=ids, params=params,
+                                                 constitution=self.opts.constitution), self.emit)
+        return str(out.spec)
+
+    def _critique(self) -> None:
+        """A first look at the critic's revisions; more only when most of them are usable and better than
+        the answer they revise by the checks (the ranking picks a revision only when it is the best answer)."""
+        if self.opts.critic == "none":
+            self.found["critic"] = "off (--critic none)"
+            return
+        opts = CritiqueOptions(critic=self.opts.critic or self.opts.model, rounds=1,
+                               limit=self.sizes.critique_drafts, constitution=self.opts.constitution)
+        first = critique(self.session, opts, self.emit)
+        better = self._revisions_better()
+        if first.usable * 2 < max(first.drafts, 1) or (has_checks(self.const) and better * 2 < max(first.drafts, 1)):
+            self.found["critic"] = (f"set aside after a first look: of {first.drafts} revisions {first.drafts - first.usable} "
+                                    f"flagged ({dict(first.flags) or 'none'}), {better} better than their draft by "
+                                    "the checks")
+        else:
+            opts.limit = 3 * self.sizes.critique_drafts
+            more = critique(self.session, opts, self.emit)
+            self.found["critic"] = f"used: {first.usable + more.usable} usable revisions"
+        self.emit(Event("log", message=f"critic {self.found['critic']}"))
+        self.clock.lap("critique")
+
+    def _revisions_better(self) -> int:
+        """Unflagged revisions that score higher by the checks than the answer they revise."""
+        rows = self.session.store.query(
+            "SELECT d.text AS draft, r.text AS revision FROM critiques c JOIN samples d ON d.id = c.sample_id "
+            "JOIN samples r ON r.id = c.revision_id WHERE c.flags IS NULL")
+        scored = check_texts(self.session.pm, self.const, [t for r in rows for t in (r["draft"], r["revision"])])
+        return sum(scored[2 * i + 1].score > scored[2 * i].score + learn.MIN_GAP for i in range(len(rows)))
+
+    def _audit_judge(self) -> None:
+        """The AI judge on a few pairs against the checks: trusted only above chance."""
+        if self.opts.judge == "none":
+            self.found["judge"] = "off (--judge none)"
+            return
+        spec = str(self.session.model("generate", self.opts.judge or self.opts.model))
+        judge(self.session, JudgeOptions(spec, constitution=self.opts.constitution, limit=self.sizes.judge_audit),
+              self.emit)
+        if not has_checks(self.const):
+            self.trusted_judge = spec
+            self.found["judge"] = "the only ranker: the constitution has no code checks"
+        else:
+            rate = agreement(self.session, spec, self.opts.constitution).with_checks.get("overall")
+            if rate is not None and rate.n and rate.interval[0] > 0.5:
+                self.trusted_judge = spec
+                self.found["judge"] = f"trusted: agreed with the checks {rate}"
+            else:
+                self.found["judge"] = (f"set aside: agreed with the checks {rate if rate else 'on no pair'}, not "
+                                       "better than chance; not asked again in this run")
+        self.emit(Event("log", message=f"judge {self.found['judge']}"))
+        self.clock.lap("judge")
+
+    def _rows(self, ranked: learn.Ranked) -> list[dict[str, Any]]:
+        """The method's rows: from the checks' ranking, and from a trusted judge's verdicts."""
+        rows = learn.dpo_rows(ranked) if self.opts.method == "dpo" else learn.sft_rows(ranked)
+        if self.trusted_judge is not None:
+            judged = build(self.session.store, "judge").pairs
+            if self.opts.method == "dpo":
+                rows += [{"prompt": json_messages(p), "chosen": p["chosen"], "rejected": p["rejected"]} for p in judged]
+            else:
+                rows += [{"messages": json_messages(p) + [{"role": "assistant", "content": p["chosen"]}]}
+                         for p in judged]
+        return rows
+
+    def _planned_seconds(self) -> float:
+        """Training seconds the budget plans for each round: what the other stages leave, at their measured
+        costs. It sets the steps (and so the schedule and the run's identity: a rerun reuses the run)."""
+        sampling = SAMPLE_S * self.sizes.k * self.sizes.train_prompts * (self.opts.method != "grpo")
+        left = self.clock.budget - reserve_seconds(self.sizes) - sampling - self.clock.seconds.get("prompts", 0)
+        return max(left, 1.0) / self.opts.rounds
+
+    def _deadline(self, rounds_left: int) -> float:
+        """The seconds this round may really take: its share of what the clock says is left."""
+        return max(self.clock.left - reserve_seconds(self.sizes), 1.0) / rounds_left
+
+    def _train(self, rows: list[dict[str, Any]], r: int, init: str | None) -> Trained:
+        method = self.opts.method
+        path = learn.write_rows(Path(self.session.root) / f"rows-{method}-round{r + 1}.jsonl", rows)
+        seconds = self._deadline(self.opts.rounds - r)
+        steps = max(2, min(int(self._planned_seconds() / STEP_S[method]), math.ceil(EPOCHS[method] * len(rows) / 4)))
+        config = {"steps": steps, "batch_size": 4, "lr": self.opts.lr or LR[method], "schedule": "constant",
+                  "warmup_ratio": 0.0, "max_length": 384, "seed": self.opts.seed, "keep_checkpoints": 0, **MEMORY,
+                  "time_limit_s": round(seconds, 1), "checkpoint_every": max(1, math.ceil(steps / self.sizes.checkpoints))}
+        if method == "dpo":
+            config.update(beta=0.1, rpo_alpha=1.0)
+        if init is not None:
+            config["init_adapter"] = init
+        self.emit(Event("log", message=f"round {r + 1}: {method} on {len(rows)} rows for up to {seconds:.0f}s"))
+        return train(self.session, TrainOptions(method, policy=self.train_model, data=str(path), config=config,
+                                                constitution=self.opts.constitution, isolate=self.opts.isolate),
+                     self.emit)
+
+    def _grpo(self) -> Trained:
+        """GRPO with the constitution's checks as rewards, on the train prompts, for the time left."""
+        if not has_checks(self.const):
+            raise PlumbError("--method grpo needs code checks to reward; this constitution has none (use dpo or "
+                             "sft with a judge).", exit_code=2)
+        tasks = [{"messages": json_messages(p)} for p in self.session.store.prompts("train")]
+        path = learn.write_rows(Path(self.session.root) / "tasks-grpo.jsonl", tasks)
+        seconds = self._deadline(1)
+        steps = max(2, int(self._planned_seconds() / STEP_S["grpo"]))
+        config = {"steps": steps, "lr": self.opts.lr or LR["grpo"], "num_generations": self.sizes.k,
+                  "prompts_per_step": 2, "max_completion_length": self.sizes.max_tokens, "temperature": 1.0,
+                  "holdout": 0.0, "eval_every": 0, "gap_every": 0, "keep_checkpoints": 0, "seed": self.opts.seed,
+                  "time_limit_s": round(seconds, 1), "checkpoint_every": max(1, math.ceil(steps / self.sizes.checkpoints)),
+                  "rewards": learn.check_rewards(self.const), "zero_spread_patience": 0, **MEMORY}
+        self.clock.lap("sample")
+        trained = train(self.session, TrainOptions("grpo", policy=self.train_model, tasks=str(path), config=config,
+                                                   constitution=self.opts.constitution, isolate=self.opts.isolate),
+                        self.emit)
+        self.rounds.append(Round("grpo rollouts", len(tasks), 0, 0, 0.0, 0.0, trained.run_id))
+        self.clock.lap("train")
+        return trained
+
+    # -- 7. choose -----------------------------------------------------------------------------
+    def choose(self, trained: Trained) -> tuple[Path, dict[str, Any]]:
+        """Each checkpoint's adapter as a GGUF LoRA, scored by the checks on the dev prompts; the best ships
+        (the earliest among equals: less drift from the base for the same score)."""
+        from plumb.train import checkpoint
+
+        found = checkpoint.checkpoints(trained.out_dir)
+        if not found:
+            raise PlumbError(f"the training run left no checkpoints in {trained.out_dir}.")
+        self.emit(Event("stage", stage="choose", total=len(found),
+                        message=f"{len(found)} checkpoints on {self.sizes.dev_prompts} dev prompts by the checks"))
+        params = SamplingParams(n=1, temperature=0.0, max_tokens=self.sizes.max_tokens, seed=0)
+        scores = {}
+        for k, ckpt in enumerate(found, 1):
+            gguf = export_adapter(self.session, str(ckpt / "adapter"), self.train_model.removeprefix("hf:"),
+                                  trained.run_id, str(ckpt / "adapter.gguf"))
+            if len(found) == 1:
+                return gguf, {"chosen": ckpt.name, "dev_checks": {}, "dev_checks_base": None}
+            result = compare(self.session, CompareOptions(self.base_gguf, str(gguf), split="dev", params=params,
+                                                          constitution=self.opts.constitution,
+                                                          limit=self.sizes.dev_prompts))
+            scores[ckpt.name] = ((result.checks["tuned"], result.scores["tuned"]), gguf)
+            self.emit(Event("progress", stage="choose", step=k, total=len(found)))
+        best = found[0].name
+        for ckpt in found[1:]:  # strictly better only: the earliest of equal scores stays
+            if scores[ckpt.name][0] > scores[best][0]:
+                best = ckpt.name
+        return scores[best][1], {"chosen": best, "dev_checks": {n: s[0] for n, (s, _) in scores.items()},
+                                 "dev_checks_base": result.checks["base"]}
+
+    # -- 9. evaluate -----------------------------------------------------------------------------
+    def evaluate(self, adapter_gguf: str) -> tuple[Any, Any]:
+        result = evaluate(self.session, EvalOptions(self.base_gguf, adapter_gguf, max_tokens=self.sizes.max_tokens,
+                                                    judge=self.trusted_judge, constitution=self.opts.constitution,
+                                                    limit=self.sizes.eval_prompts), self.emit)
+        tax = probe(self.session, self.base_gguf, adapter_gguf, self.opts.constitution, self.emit,
+                    self.sizes.probe_questions)
+        return result, tax
+
+    def summary(self) -> dict[str, Any]:
+        """What the report says about how this run learned."""
+        spent = sum(self.clock.seconds.values()) or 1.0
+        return {"method": self.opts.method, "rounds": [r.__dict__ for r in self.rounds],
+                "why": METHOD_WHY.get(self.opts.method, ""), **self.found,
+                "learning_share": round(self.clock.seconds.get("train", 0.0) / spent, 3)}
+
+
+METHOD_WHY = {
+    "dpo": "each prompt's best and worst answer by the graded checks (the largest gap) as a DPO pair with the "
+           "RPO term",
+    "sft": "each prompt's best answer of k by the graded checks (rejection sampling)",
+    "grpo": "GRPO with the constitution's checks as the rewards, rollouts through llama.cpp",
+}
+
+
+def json_messages(p: dict[str, Any]) -> list[dict[str, str]]:
+    import json
+
+    m = p["messages"]
+    return json.loads(m) if isinstance(m, str) else m
+
