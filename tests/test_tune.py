@@ -25,7 +25,7 @@ def test_tune_reduced_mode_stores_trains_moves_the_checks_reports_and_resumes(tm
 
     sizes = Sizes(train_prompts=12, dev_prompts=3, eval_prompts=8, probe_questions=8, k=4, critique_drafts=2,
                   judge_audit=4, max_tokens=96, checkpoints=2)
-    opts = TuneOptions(sizes=sizes, method="sft", lr=1e-3, budget_minutes=6)
+    opts = TuneOptions(sizes=sizes, method="sft", rounds=2, lr=1e-3, budget_minutes=6)
     events: list[Event] = []
     with _session(tmp_path / "t") as session:
         out = tune(session, opts, events.append)
@@ -38,7 +38,9 @@ def test_tune_reduced_mode_stores_trains_moves_the_checks_reports_and_resumes(tm
                 "probe", "timings_s"):
         assert key in report
     assert (tmp_path / "t" / "report.md").read_text().startswith("# plumb tune: concise-writer")
-    assert report["learning"]["method"] == "sft" and report["learning"]["rounds"][0]["rows"] >= 4
+    rounds = report["learning"]["rounds"]
+    assert report["learning"]["method"] == "sft" and len(rounds) == 2 and all(r["rows"] >= 4 for r in rounds)
+    assert "+lora:" in rounds[1]["model"]  # round 2 sampled from the adapter of round 1 (on-policy)
     assert "judge" in report["learning"] and "critic" in report["learning"]  # each said why it was used or not
 
     db = sqlite3.connect(tmp_path / "t" / "plumb.db")
@@ -47,11 +49,11 @@ def test_tune_reduced_mode_stores_trains_moves_the_checks_reports_and_resumes(tm
               for t in ("prompts", "samples", "critiques", "judgments")}
     assert {k: report["counts"][k] for k in counts} == counts  # the report's counts are the store's
     assert db.execute("SELECT count(*) FROM samples WHERE kind = 'sample' AND params LIKE ?",
-                      ('%"n": 4%',)).fetchone()[0] == 48  # 12 prompts x k 4
+                      ('%"n": 4%',)).fetchone()[0] == 48  # 2 rounds x 6 prompts x k 4
     for table in ("samples", "critiques", "judgments", "runs"):
         for row in db.execute(f"SELECT * FROM {table} WHERE plugin IS NOT 'import'"):
             assert all(row[c] is not None for c in PROVENANCE), (table, dict(row))
-    assert db.execute("SELECT status FROM runs").fetchone()[0] == "done"
+    assert [r[0] for r in db.execute("SELECT status FROM runs")] == ["done", "done"]
 
     # the direction trained: the tuned model's held-out answers score higher on the checks and are shorter
     ev = report["eval"]
@@ -66,7 +68,7 @@ def test_tune_reduced_mode_stores_trains_moves_the_checks_reports_and_resumes(tm
         tune(session, opts, again.append)
     after = {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("prompts", "samples", "critiques")}
     assert after == {k: counts[k] for k in after}
-    assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+    assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 2
     assert any("already trained" in e.message for e in again if e.kind == "log")
 
 

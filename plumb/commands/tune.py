@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from plumb.pipeline.learn import DEFAULT_METHOD, METHODS
+from plumb.pipeline.learn import DEFAULT_METHOD, DEFAULT_ROUNDS, METHODS
 
 
 @click.command()
@@ -20,8 +20,9 @@ from plumb.pipeline.learn import DEFAULT_METHOD, METHODS
 @click.option("--critic", help="A stronger critic (default: --model, self-critique); 'none': no critique.")
 @click.option("--method", type=click.Choice(METHODS), default=DEFAULT_METHOD, show_default=True,
               help="How to learn from the ranked answers (bench/RESULTS.md compares them).")
-@click.option("--rounds", default=1, show_default=True, type=click.IntRange(1, 5),
-              help="On-policy rounds: sample again with the adapter so far, rank, train on (dpo, sft).")
+@click.option("--rounds", type=click.IntRange(1, 5),
+              help=f"On-policy rounds: sample again with the adapter so far, rank, train on (default "
+                   f"{DEFAULT_ROUNDS} for sft and dpo; grpo samples on-policy every step).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="The workspace and report directory (default: -w's workspace, else ./tune; a rerun continues "
                    "where it stopped).")
@@ -36,10 +37,11 @@ def tune(ctx, constitution, model, train_model, judge, critic, method, rounds, o
 
     \b
     Samples k answers per prompt, ranks them by the principles' graded code checks (an AI
-    judge joins only after it agrees with the checks on this run), trains a LoRA (DPO on
-    each prompt's best vs worst answer by default), keeps the checkpoint that does best on
-    dev prompts, exports it as a GGUF LoRA and compares base and tuned on held-out prompts
-    and on a probe of facts the base knows. Writes OUT/report.md, OUT/report.json, charts.
+    judge joins only after it agrees with the checks on this run), trains a LoRA on each
+    prompt's best answer (by default; three on-policy rounds, each sampling from the
+    adapter so far), keeps the checkpoint that does best on dev prompts, exports it as a
+    GGUF LoRA and compares base and tuned on held-out prompts and on a probe of facts the
+    base knows. Writes OUT/report.md, OUT/report.json and charts.
     """
     import json
 

@@ -10,10 +10,11 @@ stage measures as useless stops early so that the time goes into learning:
     4. critique  CAI revisions; set aside when the first ones come back flagged
     5. judge     an audit: the AI judge on a few pairs against the checks; at chance, it is set
                  aside for the rest of the run (a constitution without checks needs it)
-    6. train     the method (``learn``): dpo on each prompt's largest-gap pair, sft on each
-                 prompt's best answer, or grpo with the checks as rewards; ``rounds`` > 1
-                 samples again with the adapter so far and trains on (on-policy); the training
-                 time is what the budget leaves after a reserve for the stages below
+    6. train     the method (``learn``): sft on each prompt's best answer (the default), dpo on
+                 each prompt's largest-gap pair, or grpo with the checks as rewards; ``rounds``
+                 (default 3 for sft and dpo) samples new prompts from the adapter so far and
+                 trains on (on-policy); the training time is what the budget leaves after a
+                 reserve for the stages below
     7. choose    the checkpoint that passes the most checks on the dev prompts
     8. export    the adapter as a GGUF LoRA on the same base GGUF
     9. evaluate  base vs tuned on the held-out prompts, and the alignment-tax probe
@@ -27,7 +28,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from plumb.core.dataio import import_records, read_jsonl
 from plumb.core.errors import PlumbError
 from plumb.core.records import Event, EventSink
 from plumb.pipeline import tune_stages as st
-from plumb.pipeline.learn import DEFAULT_METHOD, METHODS  # the CLI's choices live with the methods
+from plumb.pipeline.learn import DEFAULT_METHOD, DEFAULT_ROUNDS, METHODS  # the CLI's choices live with the methods
 from plumb.pipeline.session import Session
 
 PROMPTS_SOURCE = "bundled:tune_prompts.jsonl"
@@ -77,7 +78,8 @@ class TuneOptions:
     judge: str | None = None  # default: the model, audited; "none": no AI judge
     critic: str | None = None  # default: the model (self-critique); "none": no critique
     method: str = DEFAULT_METHOD  # dpo | sft | grpo
-    rounds: int = 1  # on-policy rounds (dpo, sft): sample with the adapter so far, rank, train on
+    rounds: int | None = None  # on-policy rounds (dpo, sft): sample with the adapter so far, rank, train on;
+    # default DEFAULT_ROUNDS (the bench's winner), 1 for grpo (it samples on-policy every step)
     budget_minutes: float = 10.0
     sizes: Sizes | None = None  # explicit sizes (tests); default: Sizes.for_budget(budget_minutes)
     lr: float | None = None  # default: the method's (LR below)
@@ -149,6 +151,8 @@ def tune(session: Session, opts: TuneOptions, sink: EventSink | None = None) -> 
     emit = sink or (lambda event: None)
     if opts.method not in METHODS:
         raise PlumbError(f"--method {opts.method!r}: choose one of {', '.join(METHODS)}.", exit_code=2)
+    if opts.rounds is None:
+        opts = replace(opts, rounds=1 if opts.method == "grpo" else DEFAULT_ROUNDS)
     if opts.rounds < 1 or (opts.rounds > 1 and opts.method == "grpo"):
         raise PlumbError("--rounds must be at least 1 (and 1 for grpo, which samples on-policy every step).",
                          exit_code=2)

@@ -95,7 +95,7 @@ class Run:
         if self.opts.method == "grpo":
             return self._grpo()
         train_ids = [p["id"] for p in self.session.store.prompts("train")]
-        per_round = self.sizes.train_prompts
+        per_round = max(MIN_ROWS, math.ceil(self.sizes.train_prompts / self.opts.rounds))  # the same sampling in all
         adapter_dir: str | None = None
         trained = None
         for r in range(self.opts.rounds):
