@@ -66,6 +66,20 @@ def test_garbage_and_huge_completions_score_zero_without_raising(pm):
         assert {r.name: r.value for r in rewards}["exact"] == 0.0
 
 
+@pytest.mark.parametrize("text", ["\\text{" * 150_000, "```\n" * 250_000, "```json " * 120_000,
+                                  "1," * 500_000, "\\boxed{" * 140_000, "Great question! " * 60_000])
+def test_adversarial_megabyte_answers_are_parsed_in_linear_time(pm, text):
+    """Every parse of model text in the answer and style verifiers is linear: ~1 MB built to make a
+    backtracking regex rescan the rest at every position scores in well under a second of parsing
+    (Python's regex engine holds the GIL, so the verifier timeout could not cut it short)."""
+    task = Task(Chat(()), answer="42", schema={"type": "object"})
+    check = Task(Chat(()), meta={"check": {"verifier": "starts_with_answer", "params": {}}})
+    start = time.perf_counter()
+    rewards = score(pm, [task, check], [Completion(text, "m", "b")] * 2)
+    assert all(r.status == "ok" for row in rewards for r in row)
+    assert time.perf_counter() - start < 5  # quadratic parsing took minutes at this size
+
+
 def test_weights_combine_and_a_missing_verifier_is_refused_before_work(pm):
     from plumb.core.errors import PlumbError
     from plumb.core.records import Reward
