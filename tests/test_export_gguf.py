@@ -276,6 +276,25 @@ def test_lora_adapter_reproduces_merged_model(lively_dir, lively_gguf, tmp_path,
     assert np.abs(llama_logits(merged_gguf, ids) - want).max() < LOGIT_TOL
 
 
+def test_cli_adapter_export_is_the_export_stage(tiny_model_dir, workspace, runner):
+    """`plumb export gguf --adapter` in a workspace records the GGUF LoRA with its sha256 and, run again on
+    the same adapter, finds it already exported instead of writing it again."""
+    from plumb.cli import cli
+    from tests.tiny import random_lora
+
+    random_lora(tiny_model_dir, workspace.root / "adapter", ["q_proj", "v_proj"], r=4, std=0.1, seed=1)
+    args = ["export", "gguf", "--adapter", "adapter", "--base", f"hf:{tiny_model_dir}", "--out", "a.gguf"]
+    first = runner.invoke(cli, args)
+    assert first.exit_code == 0 and "gguf-lora" in first.output, first.output
+    mtime = (workspace.root / "a.gguf").stat().st_mtime_ns
+    again = runner.invoke(cli, args)
+    assert again.exit_code == 0 and "already exported" in again.output, again.output
+    assert (workspace.root / "a.gguf").stat().st_mtime_ns == mtime
+    with workspace.store() as store:
+        rows = store.query("SELECT kind, sha256 FROM artifacts WHERE path = ?", (str(workspace.root / "a.gguf"),))
+    assert [(r["kind"], len(r["sha256"])) for r in rows] == [("gguf-lora", 64)]
+
+
 def test_lora_export_needs_a_base(tmp_path):
     from plumb.export import export_lora
 

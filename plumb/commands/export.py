@@ -4,7 +4,8 @@
     plumb export gguf --adapter adapters/run-3 --base hf:DIR --out tuned.gguf
     plumb export gguf --adapter adapters/run-3 --merge --out tuned.q8_0.gguf --quant q8_0
 
-Inside a workspace the written file is recorded as an artifact.
+Inside a workspace the written file is recorded as an artifact; an adapter goes through the export
+stage (``pipeline.export.export_adapter``: its sha256 recorded, an unchanged file not written again).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def _hf_dir(spec: str, what: str) -> str:
 def gguf(ctx: click.Context, model_spec: str | None, adapter: str | None, base_spec: str | None, out: str,
          merge: bool, quant: str) -> None:
     """Convert a Llama-family model or a LoRA adapter to GGUF."""
-    from plumb.export import export_gguf, export_lora, export_merged
+    from plumb.export import export_gguf, export_merged
 
     if bool(model_spec) == bool(adapter):
         raise PlumbError("give exactly one of --model hf:DIR (a model) or --adapter DIR (a LoRA adapter).",
@@ -53,9 +54,15 @@ def gguf(ctx: click.Context, model_spec: str | None, adapter: str | None, base_s
     if adapter and merge:
         path = export_merged(adapter, out, base, quant)
         kind = f"gguf-merged-{quant}"
-    elif adapter:
-        path = export_lora(adapter, out, base)
-        kind = "gguf-lora"
+    elif adapter:  # the export stage: recorded with its sha256 in a workspace, skipped when already written
+        from plumb.commands import session_from
+        from plumb.pipeline.export import export_adapter
+
+        with session_from(ctx, scratch_ok=True) as session:
+            path = export_adapter(session, adapter, base, out_path=str(Path(out).resolve()),
+                                  sink=lambda e: e.kind == "log" and click.echo(e.message))
+        click.echo(f"{path} ({Path(path).stat().st_size / 1e6:.1f} MB, gguf-lora).")
+        return
     else:
         path = export_gguf(_hf_dir(model_spec, "--model"), out, quant)
         kind = f"gguf-{quant}"
