@@ -95,37 +95,9 @@ def _registered() -> list[dict]:
 
 def _use_in_workspace(ctx: click.Context, generate: str, train: str) -> str:
     """Point the workspace's plumb.toml [models] generate/train at the new model; return its path."""
-    import re
-    import tomllib
+    from plumb.core.workspace import set_config
 
-    from plumb.core.workspace import CONFIG
-
-    path = workspace_from(ctx).root / CONFIG
-    text = path.read_text(encoding="utf-8")
-    values = {"generate": generate, "train": train}
-    section = re.search(r"(?ms)^\[models\][^\n]*\n(.*?)(?=^\[|\Z)", text)
-    if section is None:
-        text = text.rstrip("\n") + "\n\n[models]\n" + "".join(f"{k} = {_toml_str(v)}\n" for k, v in values.items())
-    else:
-        body = section.group(1)
-        for key, value in values.items():
-            line = f"{key} = {_toml_str(value)}"
-            body, n = re.subn(rf"(?m)^{key}\s*=.*$", lambda m: line, body)
-            if not n:
-                body = line + "\n" + body
-        text = text[: section.start(1)] + body + text[section.end(1):]
-    models = tomllib.loads(text).get("models", {})
-    if models.get("generate") != generate or models.get("train") != train:
-        raise PlumbError(f"could not update {path} safely; set [models] generate = {_toml_str(generate)} and "
-                         f"train = {_toml_str(train)} by hand.", exit_code=2)
-    path.write_text(text, encoding="utf-8")
-    return str(path)
-
-
-def _toml_str(value: str) -> str:
-    import json
-
-    return json.dumps(value, ensure_ascii=False)  # a TOML basic string is JSON's string syntax
+    return str(set_config(workspace_from(ctx).root, {"generate": generate, "train": train}, "models"))
 
 
 @models.command()

@@ -134,3 +134,42 @@ def find_workspace(start: str | Path | None = None) -> Workspace:
         f"no plumb workspace here: no {CONFIG} in {start} or its parents. "
         "Run `plumb init DIR` to create one, then run plumb inside it or pass --workspace DIR."
     )
+
+
+def set_config(root: str | Path, values: dict[str, str], section: str | None = None) -> Path:
+    """Set string keys of ROOT/plumb.toml, at the top level or in ``[section]`` (made when missing), keeping
+    the rest of the file, comments included. The result is read back with tomllib before it replaces the
+    file (atomically); a file this cannot edit safely is an error saying what to set by hand."""
+    import json
+    import re
+
+    path = Path(root) / CONFIG
+    text = path.read_text(encoding="utf-8")
+    if section is None:
+        header = re.search(r"(?m)^\[", text)
+        start, end = 0, header.start() if header else len(text)
+    elif (found := re.search(rf"(?ms)^\[{re.escape(section)}\][^\n]*\n(.*?)(?=^\[|\Z)", text)) is not None:
+        start, end = found.start(1), found.end(1)
+    else:
+        text = text.rstrip("\n") + f"\n\n[{section}]\n"
+        start = end = len(text)
+    body = text[start:end]
+    for key, value in values.items():
+        line = f"{key} = {json.dumps(value, ensure_ascii=False)}"  # a TOML basic string is JSON's string syntax
+        body, n = re.subn(rf"(?m)^{re.escape(key)}\s*=.*$", lambda _: line, body, count=1)
+        if not n:
+            body = line + "\n" + body
+    text = text[:start] + body + text[end:]
+    try:
+        parsed = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        parsed = {}
+    got = parsed.get(section, {}) if section else parsed
+    if any(got.get(k) != v for k, v in values.items()):
+        where = f"[{section}] " if section else ""
+        raise PlumbError(f"could not update {path} safely; set {where}"
+                         + ", ".join(f"{k} = {json.dumps(v)}" for k, v in values.items()) + " by hand.", exit_code=2)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -23,6 +23,7 @@ from textual.markup import escape
 from textual.widgets import OptionList, Select, Static, TextArea
 
 from plumb.core.errors import PlumbError, ValidationFailed
+from plumb.core.workspace import set_config
 from plumb.tui.screens.base import PlumbScreen
 
 STAMPED = ("samples", "critiques", "judgments", "labels", "rewards", "runs")  # tables with constitution_hash
@@ -62,15 +63,6 @@ def stale_rows(store: Any, current: str) -> list[str]:
                              " IS NOT NULL AND constitution_hash != ? GROUP BY h", (current,)):
             out.append(f"{table}: {r['n']} under {r['h']} ({names.get(r['h'], 'unknown')})")
     return out
-
-
-def point_config_at(root: Path, filename: str) -> None:
-    """Set ``constitution = "FILENAME"`` in ROOT/plumb.toml, keeping the rest of the file as it is."""
-    cfg = root / "plumb.toml"
-    text = cfg.read_text(encoding="utf-8")
-    line = f'constitution = "{filename}"'
-    text, n = re.subn(r"(?m)^constitution\s*=.*$", line, text, count=1)
-    _write(cfg, text if n else f"{line}\n{text}")
 
 
 def _write(path: Path, text: str) -> None:
@@ -190,7 +182,7 @@ class ConstitutionScreen(PlumbScreen):
         try:
             _write(target, self.query_one("#toml", TextArea).text)
             if target != self.path:
-                point_config_at(self.session.root, target.name)
+                set_config(self.session.root, {"constitution": target.name})
             self.app.reload_workspace()
         except (OSError, PlumbError) as exc:
             self.fail(f"could not save {target}", exc)
