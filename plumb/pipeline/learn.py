@@ -76,7 +76,8 @@ def rank(session: Any, const: Any, model: str, prompt_ids: list[int]) -> Ranked:
     store = session.store
     rows = answers_of(store, model, prompt_ids)
     checked = check_texts(session.pm, const, [r["text"] for r in rows])
-    messages = {p["id"]: json.loads(p["messages"]) for p in store.prompts() if p["id"] in set(prompt_ids)}
+    wanted = set(prompt_ids)
+    messages = {p["id"]: json.loads(p["messages"]) for p in store.prompts() if p["id"] in wanted}
     answers: dict[int, list[Answer]] = {}
     for r, c in zip(rows, checked):
         if r["text"].strip():

@@ -57,8 +57,9 @@ def sample(session: Session, opts: SampleOptions, sink: EventSink | None = None)
         rows = [(store.add_prompt([{"role": "user", "content": p}], source="cli"), Chat.from_user(p))
                 for p in opts.prompts]
     else:
+        wanted = set(opts.prompt_ids or ())
         chosen = store.prompts(opts.split)[:opts.limit] if opts.prompt_ids is None else [
-            r for r in store.prompts() if r["id"] in set(opts.prompt_ids)]
+            r for r in store.prompts() if r["id"] in wanted]
         rows = [(r["id"], Chat.from_dicts(json.loads(r["messages"]))) for r in chosen]
         if not rows:
             raise PlumbError(f"no prompts given and the workspace has no {opts.split!r} prompts; pass PROMPTS or "

@@ -163,8 +163,8 @@ def tune(session: Session, opts: TuneOptions, sink: EventSink | None = None) -> 
                          "none leaves no AI judge. Add [[principles.checks]] to its principles (`plumb plugins` "
                          "lists the verifiers) or give --judge SPEC.", exit_code=2)
     reserve = st.reserve_seconds(sizes)
-    if opts.budget_minutes * 60 - reserve - st.SAMPLE_S * sizes.k * sizes.train_prompts < MIN_TRAIN_S:
-        need = (reserve + st.SAMPLE_S * sizes.k * sizes.train_prompts + MIN_TRAIN_S) / 60
+    if opts.budget_minutes * 60 - reserve - st.sampling_seconds(sizes) < MIN_TRAIN_S:
+        need = (reserve + st.sampling_seconds(sizes) + MIN_TRAIN_S) / 60
         raise PlumbError(f"--budget-minutes {opts.budget_minutes:g} leaves no time to train: the other stages take "
                          f"about {reserve / 60:.1f} minutes at these sizes; use at least {math.ceil(need)}.",
                          exit_code=2)

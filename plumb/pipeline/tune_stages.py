@@ -8,6 +8,7 @@ say why each choice was made.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,11 @@ SAMPLE_S = 0.9  # seconds per answer of up to 128 tokens, batched, 2 cores (the 
 MIN_ROWS = 4
 
 
+def sampling_seconds(sizes: Any) -> float:
+    """What sampling k answers for every train prompt costs (seconds, 2 cores, the starter)."""
+    return SAMPLE_S * sizes.k * sizes.train_prompts
+
+
 def reserve_seconds(sizes: Any) -> float:
     """What the stages after training cost (seconds, 2 cores, the starter): checkpoint choice on the dev
     prompts, held-out evaluation (both sides), the probe (short answers), export and the report."""
@@ -57,7 +63,6 @@ class Round:
     mean_score: float
     pass_share: float
     run_id: int | None = None
-    seconds: float = 0.0
 
 
 @dataclass
@@ -119,7 +124,7 @@ class Run:
                     f"few to train on (at least {MIN_ROWS}). Raise --budget-minutes for more prompts, tighten the "
                     "checks, or use a stronger judge (--judge anthropic:... or a larger GGUF).", exit_code=2)
             trained = self._train(rows, r, adapter_dir)
-            self.rounds[-1].run_id, self.rounds[-1].seconds = trained.run_id, self.clock.seconds.get("train", 0)
+            self.rounds[-1].run_id = trained.run_id
             adapter_dir = trained.adapter_dir
             self.clock.lap("train")
         return trained
@@ -194,16 +199,16 @@ class Run:
         if self.trusted_judge is not None:
             judged = build(self.session.store, "judge").pairs
             if self.opts.method == "dpo":
-                rows += [{"prompt": json_messages(p), "chosen": p["chosen"], "rejected": p["rejected"]} for p in judged]
+                rows += [{"prompt": json.loads(p["messages"]), "chosen": p["chosen"], "rejected": p["rejected"]} for p in judged]
             else:
-                rows += [{"messages": json_messages(p) + [{"role": "assistant", "content": p["chosen"]}]}
+                rows += [{"messages": json.loads(p["messages"]) + [{"role": "assistant", "content": p["chosen"]}]}
                          for p in judged]
         return rows
 
     def _planned_seconds(self) -> float:
         """Training seconds the budget plans for each round: what the other stages leave, at their measured
         costs. It sets the steps (and so the schedule and the run's identity: a rerun reuses the run)."""
-        sampling = SAMPLE_S * self.sizes.k * self.sizes.train_prompts * (self.opts.method != "grpo")
+        sampling = sampling_seconds(self.sizes) * (self.opts.method != "grpo")
         left = self.clock.budget - reserve_seconds(self.sizes) - sampling - self.clock.seconds.get("prompts", 0)
         return max(left, 1.0) / self.opts.rounds
 
@@ -233,7 +238,7 @@ class Run:
         if not has_checks(self.const):
             raise PlumbError("--method grpo needs code checks to reward; this constitution has none (use dpo or "
                              "sft with a judge).", exit_code=2)
-        tasks = [{"messages": json_messages(p)} for p in self.session.store.prompts("train")]
+        tasks = [{"messages": json.loads(p["messages"])} for p in self.session.store.prompts("train")]
         path = learn.write_rows(Path(self.session.root) / "tasks-grpo.jsonl", tasks)
         seconds = self._deadline(1)
         steps = max(2, int(self._planned_seconds() / STEP_S["grpo"]))
@@ -303,11 +308,4 @@ METHOD_WHY = {
     "sft": "each prompt's best answer of k by the graded checks (rejection sampling)",
     "grpo": "GRPO with the constitution's checks as the rewards, rollouts through llama.cpp",
 }
-
-
-def json_messages(p: dict[str, Any]) -> list[dict[str, str]]:
-    import json
-
-    m = p["messages"]
-    return json.loads(m) if isinstance(m, str) else m
 
