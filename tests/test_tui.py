@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from tests.plugins import plugin_source
+
 from plumb import hookimpl
 from plumb.core.records import Completion
 from plumb.core.store import Provenance
@@ -334,26 +336,11 @@ def test_no_pairs_to_label_says_how_to_make_some(ws):
 
 # -- generate ---------------------------------------------------------------------------------------------
 
-ECHO = '''
-from plumb import hookimpl
-from plumb.core.records import Completion
-
-@hookimpl
-def plumb_register_backends(register):
-    register("echo", "the prompt reversed")
-
-@hookimpl
-def plumb_generate(model, chats, params):
-    if model.backend != "echo":
-        return None
-    return [[Completion(f"{c.last_user[::-1]} #{i}", str(model), "echo") for i in range(params.n)] for c in chats]
-'''
-
 
 def test_generate_samples_in_the_background_and_a_bad_model_is_named(ws):
     from textual.widgets import Input
 
-    use_plugins(ws, {"echo_backend.py": ECHO})
+    use_plugins(ws, {"echo_backend.py": plugin_source("echo_backend.py")})
     with_answers(ws, prompts=2, answers=0)
     app = make_app(ws.root, "generate")
 
