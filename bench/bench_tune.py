@@ -2,6 +2,8 @@
 
     python bench/bench_tune.py                                  # every variant, 4 constitutions, seeds 0 1, 10 min
     python bench/bench_tune.py --variants dpo sft --constitutions plain-speaker --seeds 0 --budget 10
+    python bench/bench_tune.py --variants sft-rounds --constitutions bench/unseen/field-notes.toml \
+        --prompts bench/unseen/prompts.jsonl                    # a constitution and prompts tuning never saw
 
 Each run is ``plumb tune --out DIR --constitution C --method M [--rounds R] --seed S --budget-minutes B``
 in its own process group, one after the other (two cores: running them together would halve each
@@ -38,6 +40,8 @@ VARIANTS = {
     "grpo": ["--method", "grpo"],
     "dpo-rounds": ["--method", "dpo", "--rounds", "3"],
     "sft-rounds": ["--method", "sft", "--rounds", "3"],
+    "sft-rounds-whole": ["--method", "sft", "--rounds", "3", "--no-prefixes"],
+    "dpo-rounds-whole": ["--method", "dpo", "--rounds", "3", "--no-prefixes"],
 }
 CONSTITUTIONS = ["concise-writer", "plain-speaker", "personal-voice", "patient-tutor"]
 
@@ -65,10 +69,14 @@ def tree_rss_mb(root: int) -> float:
     return total * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def run_one(plumb: str, out: Path, constitution: str, variant: str, seed: int, budget: float) -> dict:
+def run_one(plumb: str, out: Path, constitution: str, variant: str, seed: int, budget: float,
+            prompts: str | None = None) -> dict:
     cmd = [plumb, "tune", "--out", str(out), "--constitution", constitution, "--seed", str(seed),
            "--budget-minutes", str(budget), *VARIANTS[variant]]
     out.parent.mkdir(parents=True, exist_ok=True)
+    if prompts and not out.exists():  # the workspace's own prompts: tune splits off eval and dev itself
+        subprocess.run([plumb, "init", str(out), "--constitution", constitution], check=True, capture_output=True)
+        subprocess.run([plumb, "-w", str(out), "data", "import", prompts], check=True, capture_output=True)
     log = open(out.with_suffix(".log"), "w")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -104,7 +112,7 @@ def _rate(r: dict) -> str:
 
 
 def show(row: dict) -> str:
-    head = f"{row['variant']:<11} {row['constitution']:<15} s{row['seed']}"
+    head = f"{row['variant']:<11} {Path(row['constitution']).stem:<15} s{row['seed']}"
     if "report" not in row:
         return f"{head}  FAILED rc {row['rc']}: {row.get('error', '')[-300:]!r}"
     rep = row["report"]
@@ -130,6 +138,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--budget", type=float, default=10.0, help="minutes per run")
     ap.add_argument("--out", default="bench/out-tune")
+    ap.add_argument("--prompts", help="a JSONL of the person's own prompts instead of the bundled ones")
     ap.add_argument("--plumb", default=str(Path(sys.executable).with_name("plumb")))
     args = ap.parse_args()
     out = Path(args.out)
@@ -142,7 +151,7 @@ def main() -> None:
                 if (variant, constitution, seed, args.budget) in done:
                     continue
                 name = f"{variant}-{Path(constitution).stem}-s{seed}-b{args.budget:g}"
-                row = run_one(args.plumb, out / name, constitution, variant, seed, args.budget)
+                row = run_one(args.plumb, out / name, constitution, variant, seed, args.budget, args.prompts)
                 row["budget"] = args.budget
                 results.append(row)
                 out.mkdir(parents=True, exist_ok=True)

@@ -97,3 +97,14 @@ def test_orpo_log_odds_closed_form():
 
 def test_sft_loss_is_mean_nll():
     assert losses.sft_loss(t(-1.0, -2.0, -3.0)).item() == pytest.approx(2.0)
+
+
+def test_sft_content_weight_puts_the_loss_on_each_answers_end():
+    tok = t(-1.0, -2.0, -3.0, -4.0, -5.0)  # two answers: tokens 0-2 (ends at -3) and 3-4 (ends at -5)
+    owner = torch.tensor([0, 0, 0, 1, 1])
+    assert losses.sft_loss(tok, owner, 1.0).item() == pytest.approx(3.0)  # the plain mean
+    # ends weigh 1, the rest 0.1: (0.1*(1+2+4) + 3 + 5) / (0.1*3 + 2)
+    assert losses.sft_loss(tok, owner, 0.1).item() == pytest.approx((0.7 + 8) / 2.3)
+    tok.requires_grad_(True)
+    losses.sft_loss(tok, owner, 0.1).backward()
+    assert tok.grad[2] == pytest.approx(10 * tok.grad[0]) and tok.grad[4] == pytest.approx(10 * tok.grad[3])

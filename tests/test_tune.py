@@ -22,6 +22,7 @@ def _session(path, constitution="concise-writer"):
 @pytest.mark.slow
 def test_tune_reduced_mode_stores_trains_moves_the_checks_reports_and_resumes(tmp_path, real_starter):
     from plumb.pipeline.tune import Sizes, TuneOptions, tune
+    from plumb.pipeline.tune_stages import SATURATED
 
     sizes = Sizes(train_prompts=12, dev_prompts=3, eval_prompts=8, probe_questions=8, k=4, critique_drafts=2,
                   judge_audit=4, max_tokens=96, checkpoints=2)
@@ -39,8 +40,13 @@ def test_tune_reduced_mode_stores_trains_moves_the_checks_reports_and_resumes(tm
         assert key in report
     assert (tmp_path / "t" / "report.md").read_text().startswith("# plumb tune: concise-writer")
     rounds = report["learning"]["rounds"]
-    assert report["learning"]["method"] == "sft" and len(rounds) == 2 and all(r["rows"] >= 4 for r in rounds)
+    assert report["learning"]["method"] == "sft" and len(rounds) == 2 and rounds[0]["rows"] >= 4
     assert "+lora:" in rounds[1]["model"]  # round 2 sampled from the adapter of round 1 (on-policy)
+    if rounds[1]["rows"]:  # round 2 trained on from round 1's adapter
+        trained_runs = ["done", "done"]
+    else:  # or round 1's adapter already scored so well that round 2 was not trained, and the report says why
+        assert rounds[1]["mean_score"] >= SATURATED and "rounds_stopped" in report["learning"]
+        trained_runs = ["done"]
     assert "judge" in report["learning"] and "critic" in report["learning"]  # each said why it was used or not
 
     db = sqlite3.connect(tmp_path / "t" / "plumb.db")
@@ -53,7 +59,7 @@ def test_tune_reduced_mode_stores_trains_moves_the_checks_reports_and_resumes(tm
     for table in ("samples", "critiques", "judgments", "runs"):
         for row in db.execute(f"SELECT * FROM {table} WHERE plugin IS NOT 'import'"):
             assert all(row[c] is not None for c in PROVENANCE), (table, dict(row))
-    assert [r[0] for r in db.execute("SELECT status FROM runs")] == ["done", "done"]
+    assert [r[0] for r in db.execute("SELECT status FROM runs")] == trained_runs
 
     # the direction trained: the tuned model's held-out answers score higher on the checks and are shorter
     ev = report["eval"]
@@ -68,7 +74,7 @@ def test_tune_reduced_mode_stores_trains_moves_the_checks_reports_and_resumes(tm
         tune(session, opts, again.append)
     after = {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("prompts", "samples", "critiques")}
     assert after == {k: counts[k] for k in after}
-    assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 2
+    assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == len(trained_runs)
     assert any("already trained" in e.message for e in again if e.kind == "log")
 
 

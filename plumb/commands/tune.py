@@ -23,6 +23,8 @@ from plumb.pipeline.learn import DEFAULT_METHOD, DEFAULT_ROUNDS, METHODS
 @click.option("--rounds", type=click.IntRange(1, 5),
               help=f"On-policy rounds: sample again with the adapter so far, rank, train on (default "
                    f"{DEFAULT_ROUNDS} for sft and dpo; grpo samples on-policy every step).")
+@click.option("--prefixes/--no-prefixes", default=True, show_default=True,
+              help="Rank each sampled answer cut after each of its sentences as a candidate too.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="The workspace and report directory (default: -w's workspace, else ./tune; a rerun continues "
                    "where it stopped).")
@@ -31,7 +33,7 @@ from plumb.pipeline.learn import DEFAULT_METHOD, DEFAULT_ROUNDS, METHODS
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print report.json.")
 @click.pass_context
-def tune(ctx, constitution, model, train_model, judge, critic, method, rounds, out_dir, budget_minutes, seed,
+def tune(ctx, constitution, model, train_model, judge, critic, method, rounds, prefixes, out_dir, budget_minutes, seed,
          as_json) -> None:
     """Tune a model toward a constitution from answers it samples, ranked by the constitution, and measure it.
 
@@ -50,7 +52,8 @@ def tune(ctx, constitution, model, train_model, judge, critic, method, rounds, o
     from plumb.pipeline.tune import TuneOptions, tune as run
 
     directory = out_dir or (ctx.find_root().obj or {}).get("workspace") or "tune"
-    opts = TuneOptions(constitution, model, train_model, judge, critic, method, rounds, budget_minutes, seed=seed)
+    opts = TuneOptions(constitution, model, train_model, judge, critic, method, rounds, budget_minutes, seed=seed,
+                       prefixes=prefixes)
     with Progress(quiet=as_json) as show, \
             open_session(directory, create=True, constitution=constitution or "concise-writer") as session:
         out = run(session, opts, show)

@@ -160,6 +160,10 @@ class Store:
             return self.query("SELECT * FROM prompts WHERE split = ? ORDER BY id", (split,))
         return self.query("SELECT * FROM prompts ORDER BY id")
 
+    def set_split(self, prompt_ids: list[int], split: str) -> None:
+        with self.transaction():
+            self.db.executemany("UPDATE prompts SET split = ? WHERE id = ?", [(split, i) for i in prompt_ids])
+
     # -- generated rows ---------------------------------------------------------
 
     def add_sample(

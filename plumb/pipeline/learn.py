@@ -1,7 +1,12 @@
 """What `plumb tune` learns from: the k answers of each train prompt ranked by the checks.
 
 Every answer gets its graded checks score (``plumb.core.checks``: the principles' weighted
-mean, 1.0 when it passes everything). From the ranking, each method takes its rows:
+mean, 1.0 when it passes everything). With ``prefixes`` (tune's default), each answer cut after
+each of its sentences is a candidate too: a constitution that asks for less (fewer words, an
+answer that stops after its point, a closing question) then gets a target the model already
+wrote, word for word, instead of a different, vaguer sample that happens to be short. Equal
+scores rank the longer candidate first (it keeps more of what the model said). From the
+ranking, each method takes its rows:
 
 * ``dpo``  per prompt the pair with the largest score gap (best vs worst), when the gap is
            at least ``MIN_GAP``; the largest gaps first (they carry the clearest signal);
@@ -16,6 +21,7 @@ trains on that file, so a rerun with the same rows reuses the finished run.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,7 @@ class Answer:
     text: str
     score: float
     all_passed: bool
+    cut: bool = False  # a sampled answer cut after one of its sentences
 
 
 @dataclass
@@ -44,16 +51,20 @@ class Ranked:
     messages: dict[int, list[dict[str, str]]]
     answers: dict[int, list[Answer]]
 
+    def sampled(self) -> list[Answer]:
+        """The answers as sampled (not the cut candidates)."""
+        return [a for v in self.answers.values() for a in v if not a.cut]
+
     @property
     def n_answers(self) -> int:
-        return sum(len(a) for a in self.answers.values())
+        return len(self.sampled())
 
     def pass_share(self) -> float:
-        """The share of answers that pass every check (the headroom test)."""
-        return sum(a.all_passed for v in self.answers.values() for a in v) / max(self.n_answers, 1)
+        """The share of sampled answers that pass every check."""
+        return sum(a.all_passed for a in self.sampled()) / max(self.n_answers, 1)
 
     def mean_score(self) -> float:
-        return sum(a.score for v in self.answers.values() for a in v) / max(self.n_answers, 1)
+        return sum(a.score for a in self.sampled()) / max(self.n_answers, 1)
 
 
 def answers_of(store: Store, model: str, prompt_ids: list[int]) -> list[dict[str, Any]]:
@@ -72,18 +83,38 @@ def answers_of(store: Store, model: str, prompt_ids: list[int]) -> list[dict[str
     return [dict(r) for r in rows] + [dict(r) for r in revised]
 
 
-def rank(session: Any, const: Any, model: str, prompt_ids: list[int]) -> Ranked:
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)|\n")
+MIN_CUT_WORDS = 4  # shorter cuts are fragments ("1.", "Dr."), not answers
+
+
+def prefixes(text: str) -> list[str]:
+    """``text`` cut after each of its sentences (or lines) but the last, shortest first: the earlier
+    places the answer could have stopped (from ``MIN_CUT_WORDS`` words on; not after a lead-in line)."""
+    body = text.rstrip()
+    cuts = []
+    for m in _SENTENCE_END.finditer(body):
+        cut = body[:m.end()].rstrip()
+        if (len(cut.split()) >= MIN_CUT_WORDS and len(cut) < len(body) and not cut.endswith((":", ","))
+                and (not cuts or cut != cuts[-1])):  # a line ending in ':' or ',' leads into what follows
+            cuts.append(cut)
+    return cuts
+
+
+def rank(session: Any, const: Any, model: str, prompt_ids: list[int], with_prefixes: bool = False) -> Ranked:
     store = session.store
     rows = answers_of(store, model, prompt_ids)
+    if with_prefixes:
+        rows += [{**r, "text": cut, "cut": True} for r in list(rows) for cut in prefixes(r["text"])]
     checked = check_texts(session.pm, const, [r["text"] for r in rows])
     wanted = set(prompt_ids)
     messages = {p["id"]: json.loads(p["messages"]) for p in store.prompts() if p["id"] in wanted}
     answers: dict[int, list[Answer]] = {}
     for r, c in zip(rows, checked):
         if r["text"].strip():
-            answers.setdefault(r["prompt_id"], []).append(Answer(r["id"], r["text"], c.score, c.all_passed))
+            answers.setdefault(r["prompt_id"], []).append(Answer(r["id"], r["text"], c.score, c.all_passed,
+                                                                  r.get("cut", False)))
     for v in answers.values():
-        v.sort(key=lambda a: (-a.score, len(a.text.split())))  # equal scores: the shorter first
+        v.sort(key=lambda a: (-a.score, -len(a.text)))  # equal scores: the longer first (it keeps more)
     return Ranked(messages, answers)
 
 

@@ -1,10 +1,14 @@
 """The alignment-tax probe: tuning a style must not erase what the model knows.
 
-Short questions with known answers (``plumb/data/probe_questions.jsonl``: capitals, counts,
-everyday facts) are answered greedily by base and tuned from one loaded model (the compare
-stage, split ``probe``). An answer is right when it contains one of the accepted answers as a
-whole word. The tax is measured on the questions the base answers right: the share the tuned
-model still answers right (``kept``, at least 0.95 to pass), with its 95% interval.
+Short questions with known answers (capitals, counts, everyday facts) are answered greedily by
+base and tuned from one loaded model (the compare stage). An answer is right when it contains
+one of the accepted answers (or its plural) as a whole word. The tax is measured on the
+questions the base answers right: the share the tuned model still answers right (``kept``, at
+least 0.95 to pass), with its 95% interval.
+
+Two sets that share no question: ``probe`` (``plumb/data/probe_questions.jsonl``) is the
+held-out measure the report gives; ``probe-dev`` (``probe_dev_questions.jsonl``) is what
+`plumb tune` chooses its checkpoint by, so the reported tax is not the one it was chosen on.
 """
 
 from __future__ import annotations
@@ -21,8 +25,7 @@ from plumb.pipeline.compare import CompareOptions, compare
 from plumb.pipeline.session import Session
 from plumb.pipeline.stats import Rate
 
-SOURCE = "bundled:probe_questions.jsonl"
-SPLIT = "probe"
+SETS = {"probe": "probe_questions.jsonl", "probe-dev": "probe_dev_questions.jsonl"}  # split -> bundled file
 KEEP = 0.95
 
 
@@ -44,27 +47,29 @@ class Probe:
 
 
 def right(answer: str, accepted: list[str]) -> bool:
-    return any(re.search(rf"(?<!\w){re.escape(a)}(?!\w)", answer, re.IGNORECASE) for a in accepted)
+    """Whether ``answer`` holds an accepted answer, or its plural, as a whole word."""
+    forms = [re.escape(a) + "(?:s|es)?" + (f"|{re.escape(a[:-1])}ies" if a.endswith("y") else "") for a in accepted]
+    return any(re.search(rf"(?<!\w)(?:{f})(?!\w)", answer, re.IGNORECASE) for f in forms)
 
 
-def _questions(session: Session) -> dict[int, list[str]]:
-    """The probe's prompts in the store (imported once), prompt id -> accepted answers."""
+def _questions(session: Session, split: str) -> dict[int, list[str]]:
+    """The set's prompts in the store (imported once), prompt id -> accepted answers."""
     store = session.store
-    if not store.one("SELECT 1 FROM prompts WHERE split = ? LIMIT 1", (SPLIT,)):
+    if not store.one("SELECT 1 FROM prompts WHERE split = ? LIMIT 1", (split,)):
         records = [json.loads(line) for line in
-                   Path(str(files("plumb.data") / "probe_questions.jsonl")).read_text().splitlines() if line.strip()]
+                   Path(str(files("plumb.data") / SETS[split])).read_text().splitlines() if line.strip()]
         with store.transaction():
             for r in records:
                 store.add_prompt([{"role": "user", "content": r["q"]}], {"meta": {"accept": r["a"]}},
-                                 split=SPLIT, source=SOURCE)
-    return {p["id"]: json.loads(p["task"])["meta"]["accept"] for p in store.prompts(SPLIT)}
+                                 split=split, source=f"bundled:{SETS[split]}")
+    return {p["id"]: json.loads(p["task"])["meta"]["accept"] for p in store.prompts(split)}
 
 
 def probe(session: Session, base_gguf: str, adapter_gguf: str, constitution: str | None = None,
-          sink: EventSink | None = None, limit: int | None = None) -> Probe:
-    accepted = _questions(session)
+          sink: EventSink | None = None, limit: int | None = None, split: str = "probe") -> Probe:
+    accepted = _questions(session, split)
     params = SamplingParams(n=1, temperature=0.0, max_tokens=48, seed=0)
-    result = compare(session, CompareOptions(base_gguf, adapter_gguf, split=SPLIT, params=params,
+    result = compare(session, CompareOptions(base_gguf, adapter_gguf, split=split, params=params,
                                              constitution=constitution, limit=limit), sink)
     out = Probe(n=len(result.rows))
     kept = 0
@@ -79,4 +84,3 @@ def probe(session: Session, base_gguf: str, adapter_gguf: str, constitution: str
                 out.lost.append({"question": row.prompt, "base": row.base, "tuned": row.tuned})
     out.kept = Rate(kept, out.base_right)
     return out
-

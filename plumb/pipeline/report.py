@@ -116,6 +116,16 @@ def _pct(rate: dict[str, Any] | None) -> str:
     return f"{rate['rate']:.0%} ({rate['k']}/{rate['n']}, {rate['lo']:.0%}-{rate['hi']:.0%})"
 
 
+def _choice_line(choice: dict[str, Any]) -> str:
+    if not choice["dev_checks"]:
+        return f"Checkpoint {choice['chosen']}: the only one."
+    kept = choice.get("dev_facts_kept", {})
+    each = "; ".join(f"{k}: checks {v:.0%}" + (f", facts kept {_pct(kept[k])}" if k in kept else "")
+                     for k, v in choice["dev_checks"].items())
+    return (f"Checkpoint **{choice['chosen']}**, {choice.get('why', 'the most dev checks passed')} (dev prompts "
+            f"and dev probe; base checks {choice['dev_checks_base']:.0%}): {each}.")
+
+
 def _critic_line(c: dict[str, Any]) -> str:
     if not c["revisions"]:
         return "Critic: no revisions on this run."
@@ -160,7 +170,7 @@ def _markdown(report: dict[str, Any], const: Any, result: Any, charts: list[Path
         lines.append(f"- round {i}: {r['answers']} answers to {r['prompts']} prompts from `{r['model']}` "
                      f"(mean checks score {r['mean_score']:.2f}, {r['pass_share']:.0%} pass every check) -> "
                      f"{r['rows']} training rows")
-    for key in ("headroom", "critic", "judge"):
+    for key in ("headroom", "rounds_stopped", "critic", "judge"):
         if key in learned:
             lines.append(f"- {key}: {learned[key]}")
     lines += [f"- share of the run spent learning: {learned['learning_share']:.0%}", "",
@@ -169,11 +179,8 @@ def _markdown(report: dict[str, Any], const: Any, result: Any, charts: list[Path
               _critic_line(report["critic"]), "", "## Training", "",
               f"{tr['steps']} {tr['method']} steps, final loss "
               + (f"{tr['final_loss']:.4f}" if tr["final_loss"] is not None else "n/a")
-              + (f", {tr['tokens_per_s']:.0f} tokens/s" if tr["tokens_per_s"] else "") + ". Checkpoint chosen by "
-              "the checks on the dev prompts: "
-              + (", ".join(f"{k} {v:.0%}" for k, v in tr["checkpoint"]["dev_checks"].items()) or "only one")
-              + (f" (base {tr['checkpoint']['dev_checks_base']:.0%})." if tr["checkpoint"]["dev_checks_base"]
-                 is not None else "."), ""]
+              + (f", {tr['tokens_per_s']:.0f} tokens/s" if tr["tokens_per_s"] else "") + ".", "",
+              _choice_line(tr["checkpoint"]), ""]
     lines += [f"![{c.stem}]({c.name})" for c in charts] + [""]
     lines += ["## Timings of this run (s; a stage a rerun found done takes ~0)", "",
               " | ".join(f"{k} {v}" for k, v in report["timings_s"].items()) + f" | total {report['total_s']}", "",

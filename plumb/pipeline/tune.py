@@ -82,6 +82,7 @@ class TuneOptions:
     # default DEFAULT_ROUNDS (the bench's winner), 1 for grpo (it samples on-policy every step)
     budget_minutes: float = 10.0
     sizes: Sizes | None = None  # explicit sizes (tests); default: Sizes.for_budget(budget_minutes)
+    prefixes: bool = True  # each sampled answer cut after each sentence is a candidate too (pipeline.learn)
     lr: float | None = None  # default: the method's (LR below)
     seed: int = 0
     isolate: bool = True
@@ -128,21 +129,40 @@ def models(session: Session, opts: TuneOptions) -> tuple[str, str]:
     return gen.target, str(train)
 
 
-def prompts(session: Session) -> str:
+def _split(i: int) -> str:
+    """Every 5th prompt held out for evaluation, every 10th (offset 3) for the checkpoint choice."""
+    return "eval" if i % 5 == 0 else "dev" if i % 10 == 3 else "train"
+
+
+def prompts(session: Session, emit: EventSink) -> str:
     """Use the workspace's own train prompts if it has any, else import the bundled ones once.
-    Returns where the prompts came from."""
-    own = session.store.one("SELECT count(*) FROM prompts WHERE split = 'train' AND (source IS NULL OR "
-                            "source NOT LIKE 'bundled:%')")[0]
-    if own:
+    Own prompts without an eval or dev split of their own give some of theirs to it (every 5th to
+    eval, every 10th to dev), so what is measured was never trained on. Returns where the prompts
+    came from."""
+    store = session.store
+    own = "(source IS NULL OR source NOT LIKE 'bundled:%')"
+    train = [r["id"] for r in store.query(f"SELECT id FROM prompts WHERE split = 'train' AND {own} ORDER BY id")]
+    if train:
+        held = {s: store.one(f"SELECT count(*) FROM prompts WHERE split = ? AND {own}", (s,))[0] for s in ("eval", "dev")}
+        moves: dict[str, list[int]] = {"eval": [], "dev": []}
+        for i, pid in enumerate(train):
+            if (split := _split(i)) != "train" and not held[split]:
+                moves[split].append(pid)
+        for split, ids in moves.items():
+            store.set_split(ids, split)
+        if any(moves.values()):
+            emit(Event("log", message=f"your {len(train)} prompts: {len(moves['eval'])} held out for evaluation, "
+                                      f"{len(moves['dev'])} for choosing a checkpoint (import your own with "
+                                      "`plumb data import FILE --split eval` to choose them yourself)"))
         return "workspace"
-    if not session.store.one("SELECT 1 FROM prompts WHERE source = ?", (PROMPTS_SOURCE,)):
+    if not store.one("SELECT 1 FROM prompts WHERE source = ?", (PROMPTS_SOURCE,)):
         records = read_jsonl(Path(str(files("plumb.data") / "tune_prompts.jsonl")))
-        splits = {"eval": [], "dev": [], "train": []}
-        for i, r in enumerate(records):  # every 5th held out, every 10th (offset 3) for checkpoint choice
-            splits["eval" if i % 5 == 0 else "dev" if i % 10 == 3 else "train"].append(r)
-        with session.store.transaction():
+        splits: dict[str, list[Any]] = {"eval": [], "dev": [], "train": []}
+        for i, r in enumerate(records):
+            splits[_split(i)].append(r)
+        with store.transaction():
             for split, rows in splits.items():
-                import_records(session.store, rows, PROMPTS_SOURCE, split)
+                import_records(store, rows, PROMPTS_SOURCE, split)
     return "bundled"
 
 
@@ -162,7 +182,7 @@ def tune(session: Session, opts: TuneOptions, sink: EventSink | None = None) -> 
         raise PlumbError(f"nothing can rank answers: the constitution {const.name} has no code checks and --judge "
                          "none leaves no AI judge. Add [[principles.checks]] to its principles (`plumb plugins` "
                          "lists the verifiers) or give --judge SPEC.", exit_code=2)
-    reserve = st.reserve_seconds(sizes)
+    reserve = st.reserve_seconds(sizes, opts.rounds)
     if opts.budget_minutes * 60 - reserve - st.sampling_seconds(sizes) < MIN_TRAIN_S:
         need = (reserve + st.sampling_seconds(sizes) + MIN_TRAIN_S) / 60
         raise PlumbError(f"--budget-minutes {opts.budget_minutes:g} leaves no time to train: the other stages take "
@@ -172,14 +192,14 @@ def tune(session: Session, opts: TuneOptions, sink: EventSink | None = None) -> 
     clock = Clock(opts.budget_minutes)
     emit(Event("stage", stage="prompts", message=f"constitution {const.name} ({const.hash}), {session.root}, "
                                                  f"method {opts.method} x {opts.rounds} round(s)"))
-    source = prompts(session)
+    source = prompts(session, emit)
     clock.lap("prompts")
 
     run = st.Run(session, opts, sizes, const, base_gguf, train_model, clock, emit)
     run.headroom()
     clock.lap("headroom")
-    trained = run.learn()
-    chosen, choice = run.choose(trained)
+    run.learn()
+    chosen, choice, trained = run.choose()
     clock.lap("choose")
 
     adapter_gguf = Path(session.root).resolve() / "adapter.gguf"

@@ -25,19 +25,25 @@ from plumb.pipeline.evaluate import EvalOptions, evaluate
 from plumb.pipeline.export import export_adapter
 from plumb.pipeline.judge import JudgeOptions, judge
 from plumb.pipeline.pairs import build
-from plumb.pipeline.probe import probe
+from plumb.pipeline.probe import KEEP, probe
 from plumb.pipeline.sample import SampleOptions, sample
 from plumb.pipeline.session import Session
 from plumb.pipeline.train import TrainOptions, Trained, train
 
 LR = {"dpo": 5e-4, "sft": 3e-4, "grpo": 5e-4}  # on the starter (bench/RESULTS.md): 16 epochs at 5e-4 cost facts
-STEP_S = {"dpo": 12.0, "sft": 6.0, "grpo": 16.0}  # seconds per step on 2 cores: sizes the schedule only
+STEP_S = {"dpo": 12.0, "sft": 3.5, "grpo": 16.0}  # seconds per step on 2 cores: sizes the schedule only
 EPOCHS = {"dpo": 2.0, "sft": 3.0}  # at most: more passes over the same few rows memorise them and cost facts
 # lora_dropout 0 (no copy of every LoRA input) and activation checkpointing: the training child's peak memory
 # on the starter 5.9 GB -> 2.5 GB (bench/RESULTS.md), for ~30% more time per step
 MEMORY = {"lora_dropout": 0.0, "gradient_checkpointing": True}
+# sft: the end-of-answer token weighs 1 and the words before it 0.1: tuning a style teaches the model where
+# to stop (the cuts) far more than new words, so what it knows stays (the alignment-tax probe, bench/RESULTS.md)
+STOP = {"sft": {"content_weight": 0.1}}
+# a round whose samples from the adapter so far already score this well stops the rounds: on plain-speaker a
+# third round moved the checks little and cost facts the first two kept (bench/RESULTS.md)
+SATURATED = 0.95
 HEADROOM = 0.95  # the base passing more of its checks than this: little to learn
-SAMPLE_S = 0.9  # seconds per answer of up to 128 tokens, batched, 2 cores (the starter): sizes the reserve
+SAMPLE_S = 0.6  # seconds per answer of up to 128 tokens, batched, 2 cores (the starter): sizes the reserve
 MIN_ROWS = 4
 
 
@@ -46,12 +52,19 @@ def sampling_seconds(sizes: Any) -> float:
     return SAMPLE_S * sizes.k * sizes.train_prompts
 
 
-def reserve_seconds(sizes: Any) -> float:
-    """What the stages after training cost (seconds, 2 cores, the starter): checkpoint choice on the dev
-    prompts, held-out evaluation (both sides), the probe (short answers), export and the report."""
+def reserve_seconds(sizes: Any, rounds: int = 1) -> float:
+    """What the stages after training cost (seconds, 2 cores, the starter): the checkpoint choice (each
+    candidate on the dev prompts and the dev probe, the base once), the held-out evaluation and the probe
+    (both sides), exports and the report."""
     per = SAMPLE_S * sizes.max_tokens / 128
-    return (per * (sizes.dev_prompts * (sizes.checkpoints + 1) + 2 * sizes.eval_prompts)
-            + 0.4 * per * 2 * sizes.probe_questions + 10 * sizes.checkpoints + 25)
+    one = per * sizes.dev_prompts + 0.4 * per * sizes.probe_questions  # one side of the choice's questions
+    return (one * (candidates(sizes, rounds) + 1) + 10 * candidates(sizes, rounds)
+            + 2 * per * sizes.eval_prompts + 0.4 * per * 2 * sizes.probe_questions + 25)
+
+
+def candidates(sizes: Any, rounds: int) -> int:
+    """Checkpoints the choice weighs: ``sizes.checkpoints`` in one round, each round's end with several."""
+    return max(1, sizes.checkpoints // rounds) * rounds
 
 
 @dataclass
@@ -77,6 +90,7 @@ class Run:
     emit: EventSink
     found: dict[str, Any] = field(default_factory=dict)  # what the report says about each choice
     rounds: list[Round] = field(default_factory=list)
+    trained: list[Trained] = field(default_factory=list)  # each round's run, in order
     trusted_judge: str | None = None
 
     # -- 2. headroom ---------------------------------------------------------------------------
@@ -96,9 +110,11 @@ class Run:
                                            "Tighten the checks (e.g. lower word limits) to see a change."))
 
     # -- 3-6. sample, critique, judge, train (rounds) ----------------------------------------------
-    def learn(self) -> Trained:
+    def learn(self) -> None:
+        """Each round's training run goes to ``self.trained``."""
         if self.opts.method == "grpo":
-            return self._grpo()
+            self._grpo()
+            return
         train_ids = [p["id"] for p in self.session.store.prompts("train")]
         per_round = max(MIN_ROWS, math.ceil(self.sizes.train_prompts / self.opts.rounds))  # the same sampling in all
         adapter_dir: str | None = None
@@ -110,10 +126,17 @@ class Run:
             if r == 0:
                 self._critique()
                 self._audit_judge()
-            ranked = learn.rank(self.session, self.const, model, ids)
-            rows = self._rows(ranked)
+            ranked = learn.rank(self.session, self.const, model, ids, self.opts.prefixes)
+            saturated = trained is not None and ranked.mean_score() >= SATURATED
+            rows = [] if saturated else self._rows(ranked)
             self.rounds.append(Round(model, len(ranked.answers), ranked.n_answers, len(rows),
                                      round(ranked.mean_score(), 4), round(ranked.pass_share(), 4)))
+            if saturated:
+                self.found["rounds_stopped"] = (
+                    f"after round {r}: the adapter's answers already score {ranked.mean_score():.2f} by the checks "
+                    f"({ranked.pass_share():.0%} pass every check); another round would cost facts, not add style")
+                self.emit(Event("log", message=f"rounds stopped {self.found['rounds_stopped']}"))
+                break
             if len(rows) < MIN_ROWS:
                 if trained is not None:
                     self.emit(Event("log", message=f"round {r + 1}: only {len(rows)} rows; keeping round {r}"))
@@ -124,10 +147,10 @@ class Run:
                     f"few to train on (at least {MIN_ROWS}). Raise --budget-minutes for more prompts, tighten the "
                     "checks, or use a stronger judge (--judge anthropic:... or a larger GGUF).", exit_code=2)
             trained = self._train(rows, r, adapter_dir)
+            self.trained.append(trained)
             self.rounds[-1].run_id = trained.run_id
             adapter_dir = trained.adapter_dir
             self.clock.lap("train")
-        return trained
 
     def _sample(self, ids: list[int], r: int, adapter_dir: str | None) -> str:
         """k answers per prompt from the base (round 1) or the adapter so far; returns the sampler's spec."""
@@ -209,12 +232,13 @@ class Run:
         """Training seconds the budget plans for each round: what the other stages leave, at their measured
         costs. It sets the steps (and so the schedule and the run's identity: a rerun reuses the run)."""
         sampling = sampling_seconds(self.sizes) * (self.opts.method != "grpo")
-        left = self.clock.budget - reserve_seconds(self.sizes) - sampling - self.clock.seconds.get("prompts", 0)
+        left = (self.clock.budget - reserve_seconds(self.sizes, self.opts.rounds) - sampling
+                - self.clock.seconds.get("prompts", 0))
         return max(left, 1.0) / self.opts.rounds
 
     def _deadline(self, rounds_left: int) -> float:
         """The seconds this round may really take: its share of what the clock says is left."""
-        return max(self.clock.left - reserve_seconds(self.sizes), 1.0) / rounds_left
+        return max(self.clock.left - reserve_seconds(self.sizes, self.opts.rounds), 1.0) / rounds_left
 
     def _train(self, rows: list[dict[str, Any]], r: int, init: str | None) -> Trained:
         method = self.opts.method
@@ -222,8 +246,10 @@ class Run:
         seconds = self._deadline(self.opts.rounds - r)
         steps = max(2, min(int(self._planned_seconds() / STEP_S[method]), math.ceil(EPOCHS[method] * len(rows) / 4)))
         config = {"steps": steps, "batch_size": 4, "lr": self.opts.lr or LR[method], "schedule": "constant",
+                  **STOP.get(method, {}),
                   "warmup_ratio": 0.0, "max_length": 384, "seed": self.opts.seed, "keep_checkpoints": 0, **MEMORY,
-                  "time_limit_s": round(seconds, 1), "checkpoint_every": max(1, math.ceil(steps / self.sizes.checkpoints))}
+                  "time_limit_s": round(seconds, 1),
+                  "checkpoint_every": max(1, math.ceil(steps * self.opts.rounds / candidates(self.sizes, self.opts.rounds)))}
         if method == "dpo":
             config.update(beta=0.1, rpo_alpha=1.0)
         if init is not None:
@@ -233,7 +259,7 @@ class Run:
                                                 constitution=self.opts.constitution, isolate=self.opts.isolate),
                      self.emit)
 
-    def _grpo(self) -> Trained:
+    def _grpo(self) -> None:
         """GRPO with the constitution's checks as rewards, on the train prompts, for the time left."""
         if not has_checks(self.const):
             raise PlumbError("--method grpo needs code checks to reward; this constitution has none (use dpo or "
@@ -251,39 +277,54 @@ class Run:
         trained = train(self.session, TrainOptions("grpo", policy=self.train_model, tasks=str(path), config=config,
                                                    constitution=self.opts.constitution, isolate=self.opts.isolate),
                         self.emit)
+        self.trained.append(trained)
         self.rounds.append(Round("grpo rollouts", len(tasks), 0, 0, 0.0, 0.0, trained.run_id))
         self.clock.lap("train")
-        return trained
 
     # -- 7. choose -----------------------------------------------------------------------------
-    def choose(self, trained: Trained) -> tuple[Path, dict[str, Any]]:
-        """Each checkpoint's adapter as a GGUF LoRA, scored by the checks on the dev prompts; the best ships
-        (the earliest among equals: less drift from the base for the same score)."""
+    def choose(self) -> tuple[Path, dict[str, Any], Trained]:
+        """Every round's checkpoints as GGUF LoRAs, each scored on the dev prompts by the checks and on the
+        dev probe (facts the base knows, not the questions the report's probe asks). The best by the checks
+        among those keeping at least ``probe.KEEP`` of the facts ships, the earliest among equals (less
+        drift for the same score); when none keeps that many, the one keeping the most. Returns its GGUF,
+        the choice and its training run."""
         from plumb.train import checkpoint
 
-        found = checkpoint.checkpoints(trained.out_dir)
+        found = [(t, c) for t in self.trained for c in checkpoint.checkpoints(t.out_dir)]
         if not found:
-            raise PlumbError(f"the training run left no checkpoints in {trained.out_dir}.")
+            raise PlumbError(f"the training run left no checkpoints in {self.trained[-1].out_dir}.")
         self.emit(Event("stage", stage="choose", total=len(found),
-                        message=f"{len(found)} checkpoints on {self.sizes.dev_prompts} dev prompts by the checks"))
+                        message=f"{len(found)} checkpoints on {self.sizes.dev_prompts} dev prompts by the checks "
+                                f"and on {self.sizes.probe_questions} dev probe questions"))
         params = SamplingParams(n=1, temperature=0.0, max_tokens=self.sizes.max_tokens, seed=0)
-        scores = {}
-        for k, ckpt in enumerate(found, 1):
+        scored = []
+        for k, (t, ckpt) in enumerate(found, 1):
             gguf = export_adapter(self.session, str(ckpt / "adapter"), self.train_model.removeprefix("hf:"),
-                                  trained.run_id, str(ckpt / "adapter.gguf"))
+                                  t.run_id, str(ckpt / "adapter.gguf"))
+            name = f"round{self.trained.index(t) + 1}/{ckpt.name}"
             if len(found) == 1:
-                return gguf, {"chosen": ckpt.name, "dev_checks": {}, "dev_checks_base": None}
-            result = compare(self.session, CompareOptions(self.base_gguf, str(gguf), split="dev", params=params,
-                                                          constitution=self.opts.constitution,
-                                                          limit=self.sizes.dev_prompts))
-            scores[ckpt.name] = ((result.checks["tuned"], result.scores["tuned"]), gguf)
+                return gguf, {"chosen": name, "dev_checks": {}, "dev_checks_base": None, "dev_facts_kept": {}}, t
+            dev = compare(self.session, CompareOptions(self.base_gguf, str(gguf), split="dev", params=params,
+                                                       constitution=self.opts.constitution,
+                                                       limit=self.sizes.dev_prompts))
+            kept = probe(self.session, self.base_gguf, str(gguf), self.opts.constitution,
+                         limit=self.sizes.probe_questions, split="probe-dev").kept
+            scored.append({"name": name, "checks": (dev.checks["tuned"], dev.scores["tuned"]), "kept": kept,
+                           "gguf": gguf, "trained": t})
             self.emit(Event("progress", stage="choose", step=k, total=len(found)))
-        best = found[0].name
-        for ckpt in found[1:]:  # strictly better only: the earliest of equal scores stays
-            if scores[ckpt.name][0] > scores[best][0]:
-                best = ckpt.name
-        return scores[best][1], {"chosen": best, "dev_checks": {n: s[0] for n, (s, _) in scores.items()},
-                                 "dev_checks_base": result.checks["base"]}
+        keeps = [c for c in scored if not c["kept"].n or c["kept"].value >= KEEP]
+        best = keeps[0] if keeps else scored[0]
+        for c in keeps or scored:  # strictly better only: the earliest of equals stays
+            if (c["checks"] > best["checks"]) if keeps else ((c["kept"].value, c["checks"]) >
+                                                            (best["kept"].value, best["checks"])):
+                best = c
+        choice = {"chosen": best["name"], "dev_checks": {c["name"]: c["checks"][0] for c in scored},
+                  "dev_checks_base": dev.checks["base"],
+                  "dev_facts_kept": {c["name"]: c["kept"].to_dict() for c in scored},
+                  "why": ("the most dev checks passed among the checkpoints keeping at least "
+                          f"{KEEP:.0%} of the dev probe's facts" if keeps else
+                          f"no checkpoint kept {KEEP:.0%} of the dev probe's facts: the one keeping the most")}
+        return best["gguf"], choice, best["trained"]
 
     # -- 9. evaluate -----------------------------------------------------------------------------
     def evaluate(self, adapter_gguf: str) -> tuple[Any, Any]:

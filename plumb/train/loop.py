@@ -148,8 +148,8 @@ def batch_loss(model, examples, ref, cfg: TrainConfig, pad_id, device, autocast)
     if m == "sft":
         batch = _to(data.collate([(e.prompt, e.answers[0]) for e in examples], pad_id), device)
         with autocast():
-            tok = completion_logps(model, batch)[2]
-        loss = losses.sft_loss(tok.float())
+            _, _, tok, owner = completion_logps(model, batch)
+        loss = losses.sft_loss(tok.float(), owner, cfg.content_weight)
         return loss, {"loss": loss.detach()}, batch["attention_mask"].sum()
 
     batch = _to(data.collate([(e.prompt, e.answers[0]) for e in examples], pad_id) if m == "kto" else

@@ -103,7 +103,15 @@ def orpo_loss(
     return losses, beta * chosen_mean.detach(), beta * rejected_mean.detach(), log_odds.detach()
 
 
-def sft_loss(token_logps: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood over the answer tokens of a batch (prompt and
-    padding are already left out by the caller)."""
-    return -token_logps.mean()
+def sft_loss(token_logps: torch.Tensor, owner: torch.Tensor | None = None,
+             content_weight: float = 1.0) -> torch.Tensor:
+    """Weighted mean negative log-likelihood over the answer tokens of a batch (prompt and
+    padding are already left out by the caller; ``owner`` says which row each token is of).
+    Each answer's last token (the end of answer) weighs 1, the tokens before it
+    ``content_weight``: below 1 the loss is mostly about where the answer stops."""
+    if content_weight == 1.0 or owner is None:
+        return -token_logps.mean()
+    last = torch.ones_like(owner, dtype=torch.bool)
+    last[:-1] = owner[1:] != owner[:-1]
+    weights = torch.where(last, 1.0, content_weight).to(token_logps.dtype)
+    return -(weights * token_logps).sum() / weights.sum()
