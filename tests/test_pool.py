@@ -177,3 +177,85 @@ def test_sample_stage_keeps_what_finished_and_a_rerun_tops_up(servers, workspace
     out = sample(session, opts)  # the same process: its pool probes the server again
     assert out.reused == 5 and len(out.stored) == 7 and len(again.answered) == 7
     assert sorted(s.answered + again.answered) == sorted(f"q{i}" for i in range(12))
+
+
+# -- pools of real llama_cpp.server processes ------------------------------------------------------
+
+
+def start_llama_server(gguf, log_path) -> tuple[subprocess.Popen, str]:
+    """``python -m llama_cpp.server`` on a free port, one thread; returns once it answers GET /v1/models."""
+    port = free_port()
+    with open(log_path, "wb") as log:  # a file, not a pipe: an unread pipe would fill and stall the server
+        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+                                 "--port", str(port), "--n_ctx", "512", "--n_threads", "1", "--logits_all", "true"],
+                                stdout=log, stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+def wait_up(proc: subprocess.Popen, base: str, log_path) -> None:
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(base + "/models", timeout=1)
+            return
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"llama_cpp.server did not start: {log_path.read_text(errors='replace')[-500:]}")
+            time.sleep(0.3)
+
+
+@pytest.fixture
+def two_llama_servers(tiny_gguf, tmp_path):
+    pytest.importorskip("uvicorn")
+    procs = [start_llama_server(tiny_gguf, tmp_path / f"server{i}.log") for i in range(2)]
+    try:
+        for i, (proc, base) in enumerate(procs):
+            wait_up(proc, base, tmp_path / f"server{i}.log")
+        yield procs
+    finally:
+        for proc, _ in procs:
+            proc.kill()
+            proc.wait(10)
+
+
+CHATS = [Chat.from_user(f"Tell me about the number {i}.") for i in range(12)]
+
+
+def test_a_pool_of_two_llama_servers_loses_nothing_when_one_is_killed(two_llama_servers):
+    from plumb.serving import openai_chat
+
+    (_, a), (b_proc, b) = two_llama_servers
+    params = SamplingParams(n=1, temperature=0.0, max_tokens=16, seed=1)
+    alone = openai_chat.generate(ModelSpec("openai", a), CHATS, params)  # the reference, from one server
+    pool, name = openai_chat.pool_of(ModelSpec("openai", f"{a},{b}"))
+    spec = ModelSpec("openai", f"{a},{b}")
+    done = []
+
+    def kill_b_after_four(chat):  # B dies mid-run, with requests in flight or queued on it
+        out = openai_chat.complete_chat(pool, name, spec, chat, params)
+        done.append(chat)
+        if len(done) == 4:
+            b_proc.kill()
+        return out
+
+    with pytest.warns(ServerWarning, match=rf"{b} is unreachable .*request\(s\) moved to the other servers"):
+        got = pool.map(kill_b_after_four, CHATS)
+    assert b_proc.poll() is not None
+    assert [[c.text for c in r] for r in got] == [[c.text for c in r] for r in alone]
+    assert all(r[0].completion_tokens > 0 for r in got)
+
+
+def test_option_logprobs_from_a_pool_of_llama_servers(two_llama_servers):
+    from plumb.core.plugins import get_plugin_manager
+
+    (_, a), (_, b) = two_llama_servers
+    spec = ModelSpec("openai", f"{a},{b}")
+    pm = get_plugin_manager(entry_points=False)
+    greedy = [r[0].text for r in pm.hook.plumb_generate(model=spec, chats=CHATS[:4],
+                                                         params=SamplingParams(temperature=0.0, max_tokens=1))]
+    options = ["A", "B", "tie"]
+    scored = pm.hook.plumb_option_logprobs(model=spec, chats=CHATS[:4], options=options + greedy)
+    assert len(scored) == 4
+    for row, first in zip(scored, greedy):
+        assert set(row) == set(options + greedy) and all(v <= 1e-6 for v in row.values())
+        assert row[first] == max(row.values())  # what the server answers is the likeliest option

@@ -108,7 +108,7 @@ def send(url: str, body: dict[str, Any] | None, headers: dict[str, str], timeout
     except urllib.error.URLError as exc:
         raise Unreachable(str(exc.reason)) from None
     except TimeoutError:
-        raise Unreachable(f"no answer within {timeout:.0f} s (PLUMB_HTTP_TIMEOUT)") from None
+        raise Unreachable(f"no answer within {timeout:g} s") from None
     except (OSError, http.client.HTTPException) as exc:  # reset, refused mid-request, a truncated answer
         raise Unreachable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
     try:
