@@ -204,13 +204,15 @@ def wait_up(proc: subprocess.Popen, base: str, log_path) -> None:
             time.sleep(0.3)
 
 
-@pytest.fixture
-def two_llama_servers(tiny_gguf, tmp_path):
+@pytest.fixture(scope="module")
+def two_llama_servers(tiny_gguf, tmp_path_factory):
+    """Two servers for the module's tests; the last test kills the second one."""
     pytest.importorskip("uvicorn")
-    procs = [start_llama_server(tiny_gguf, tmp_path / f"server{i}.log") for i in range(2)]
+    logs = tmp_path_factory.mktemp("llama-servers")
+    procs = [start_llama_server(tiny_gguf, logs / f"server{i}.log") for i in range(2)]
     try:
         for i, (proc, base) in enumerate(procs):
-            wait_up(proc, base, tmp_path / f"server{i}.log")
+            wait_up(proc, base, logs / f"server{i}.log")
         yield procs
     finally:
         for proc, _ in procs:
@@ -221,7 +223,23 @@ def two_llama_servers(tiny_gguf, tmp_path):
 CHATS = [Chat.from_user(f"Tell me about the number {i}.") for i in range(12)]
 
 
-def test_a_pool_of_two_llama_servers_loses_nothing_when_one_is_killed(two_llama_servers):
+def test_option_logprobs_from_a_pool_of_llama_servers(two_llama_servers):
+    from plumb.core.plugins import get_plugin_manager
+
+    (_, a), (_, b) = two_llama_servers
+    spec = ModelSpec("openai", f"{a},{b}")
+    pm = get_plugin_manager(entry_points=False)
+    greedy = [r[0].text for r in pm.hook.plumb_generate(model=spec, chats=CHATS[:4],
+                                                         params=SamplingParams(temperature=0.0, max_tokens=1))]
+    options = ["A", "B", "tie"]
+    scored = pm.hook.plumb_option_logprobs(model=spec, chats=CHATS[:4], options=options + greedy)
+    assert len(scored) == 4
+    for row, first in zip(scored, greedy):
+        assert set(row) == set(options + greedy) and all(v <= 1e-6 for v in row.values())
+        assert row[first] == max(row.values())  # what the server answers is the likeliest option
+
+
+def test_a_pool_of_two_llama_servers_loses_nothing_when_one_is_killed(two_llama_servers):  # last: it kills one
     from plumb.serving import openai_chat
 
     (_, a), (b_proc, b) = two_llama_servers
@@ -243,19 +261,3 @@ def test_a_pool_of_two_llama_servers_loses_nothing_when_one_is_killed(two_llama_
     assert b_proc.poll() is not None
     assert [[c.text for c in r] for r in got] == [[c.text for c in r] for r in alone]
     assert all(r[0].completion_tokens > 0 for r in got)
-
-
-def test_option_logprobs_from_a_pool_of_llama_servers(two_llama_servers):
-    from plumb.core.plugins import get_plugin_manager
-
-    (_, a), (_, b) = two_llama_servers
-    spec = ModelSpec("openai", f"{a},{b}")
-    pm = get_plugin_manager(entry_points=False)
-    greedy = [r[0].text for r in pm.hook.plumb_generate(model=spec, chats=CHATS[:4],
-                                                         params=SamplingParams(temperature=0.0, max_tokens=1))]
-    options = ["A", "B", "tie"]
-    scored = pm.hook.plumb_option_logprobs(model=spec, chats=CHATS[:4], options=options + greedy)
-    assert len(scored) == 4
-    for row, first in zip(scored, greedy):
-        assert set(row) == set(options + greedy) and all(v <= 1e-6 for v in row.values())
-        assert row[first] == max(row.values())  # what the server answers is the likeliest option

@@ -183,10 +183,13 @@ class Pool:
             return False, str(exc)
 
     def _mark_down(self, server: Server, why: str, request: bool) -> None:
-        """Out of rotation for a cool-down that doubles while it keeps failing (called with the lock held)."""
+        """Out of rotation for a cool-down that doubles with each failure in a row (called with the lock
+        held). Requests that were in flight when it went down count as dropped, not as more failures."""
+        server.dropped += request
+        if server.down and request:
+            return
         server.down, server.reason = True, why
         server.fails += 1
-        server.dropped += request
         server.until = time.monotonic() + min(COOLDOWN_MAX_S, self.cooldown_s * 2 ** (server.fails - 1))
 
     # -- requests ---------------------------------------------------------------------------
