@@ -25,3 +25,13 @@ class ValidationFailed(PlumbError):
     def __init__(self, problems: list[str], summary: str = "") -> None:
         self.problems = problems
         super().__init__(summary or "\n".join(problems))
+
+
+class BackendUnavailable(PlumbError):
+    """No server of a backend can be reached, so retrying request by request is futile. ``finished`` holds,
+    per chat of the call that stopped, its completions, or None where it was not done: a caller stores those
+    before it stops, and a rerun tops up the rest."""
+
+    def __init__(self, message: str, finished: list | None = None) -> None:
+        super().__init__(message)
+        self.finished = finished or []

@@ -122,8 +122,9 @@ def plumb_option_logprobs(
     :param options: candidate texts the assistant's answer could start with
         (a judge's ``"A"``, ``"B"``, ``"tie"``).
     :return: per chat, ``{option: log p(option | chat)}``; ``None`` when the
-        backend cannot score continuations (HTTP, Anthropic), so the caller
-        falls back to parsing sampled text.
+        backend cannot score continuations (Anthropic; an OpenAI-compatible
+        server that returns no log-probs), so the caller falls back to parsing
+        sampled text.
 
     Stops at the first non-None result.
     """

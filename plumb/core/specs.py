@@ -3,7 +3,7 @@
     llamacpp:PATH.gguf[+lora:ADAPTER.gguf[@SCALE]]   in-process llama.cpp
     hf:DIR_OR_HUB_ID                                 transformers (training base, GRPO sampling)
     anthropic:MODEL_NAME                             Anthropic Messages API (key from ANTHROPIC_API_KEY)
-    openai:http://HOST:PORT/v1                       any OpenAI-compatible server
+    openai:http://HOST:PORT/v1[,URL...][#MODEL]      any OpenAI-compatible server, or a pool of them
     starter                                          SmolLM2-135M-Instruct, pulled once per user
 
     NAME:TARGET                                      any backend a plugin registers
@@ -25,7 +25,7 @@ from plumb.core.records import ModelSpec
 
 FORMS = (
     "llamacpp:PATH.gguf[+lora:ADAPTER.gguf[@SCALE]], hf:DIR_OR_HUB_ID, anthropic:MODEL_NAME, "
-    "openai:http://HOST:PORT/v1, starter, or NAME:TARGET for a backend a plugin registers"
+    "openai:http://HOST:PORT/v1[,http://HOST2:PORT/v1...], starter, or NAME:TARGET for a backend a plugin registers"
 )
 _NAME = re.compile(r"^[A-Za-z][\w.-]*$")
 

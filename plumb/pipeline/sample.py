@@ -7,7 +7,9 @@ the backend in chunks, each stored as soon as it is back, so an interrupted
 run keeps what it finished and a rerun tops up only what is missing (the same
 model, parameters and constitution count as done; ``again`` samples anew).
 A chunk that fails is retried prompt by prompt: one bad request costs only
-itself, and the failures are reported with the rest stored.
+itself, and the failures are reported with the rest stored. When the backend
+is unavailable (every server of an ``openai:`` pool down) the stage stores the
+answers of the chunk that came back and stops with an error that says so.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from plumb.core.errors import PlumbError
+from plumb.core.errors import BackendUnavailable, PlumbError
 from plumb.core.records import Chat, Completion, Event, EventSink, ModelSpec, SamplingParams
 from plumb.core.store import Provenance
 from plumb.pipeline.session import Session
@@ -91,9 +93,12 @@ def _sample_chunk(session: Session, spec: ModelSpec, rows: list[tuple[int, Chat]
     """Generate for one chunk (prompt by prompt if the chunk fails) and store it at once."""
     pm = session.pm
     chats = [chat for _, chat in rows]
+    down: BackendUnavailable | None = None
     try:
         answers, out.plugin, out.version = pm.generate(spec, chats, params)
-        results: list[list[Completion] | PlumbError] = list(answers)
+        results: list[list[Completion] | PlumbError | None] = list(answers)
+    except BackendUnavailable as exc:
+        down, results = exc, list(exc.finished) or [None] * len(rows)
     except PlumbError as batch_error:
         if len(chats) == 1:
             if not out.stored:
@@ -102,15 +107,36 @@ def _sample_chunk(session: Session, spec: ModelSpec, rows: list[tuple[int, Chat]
         else:
             results = []
             for chat in chats:
+                if down:
+                    results.append(None)
+                    continue
                 try:
                     one, out.plugin, out.version = pm.generate(spec, [chat], params)
                     results.append(one[0])
+                except BackendUnavailable as exc:
+                    down = exc
+                    results.append(None)
                 except PlumbError as exc:
                     results.append(exc)
-            if all(isinstance(r, PlumbError) for r in results) and not out.stored:
+            if not down and all(isinstance(r, PlumbError) for r in results) and not out.stored:
                 raise batch_error
+    if down and out.plugin == "?":  # nothing answered yet: the provenance names the backend's plugin
+        out.plugin = pm.registry.backends[spec.backend].plugin
+        out.version = pm.version_of(out.plugin)
+    _store(session, spec, rows, results, asked, const_hash, out)
+    if down:
+        raise PlumbError(f"{down} Stopped: {len(out.stored)} samples of this run are stored; run the same "
+                         "command again to sample the rest (what is stored is skipped).")
+
+
+def _store(session: Session, spec: ModelSpec, rows: list[tuple[int, Chat]],
+           results: list[list[Completion] | PlumbError | None], asked: SamplingParams, const_hash: str,
+           out: Sampled) -> None:
+    """Store each prompt's answers; an error is recorded as a failure, None (not done) is skipped."""
     with session.store.transaction():
         for (prompt_id, chat), result in zip(rows, results):
+            if result is None:
+                continue
             if isinstance(result, PlumbError):
                 out.failed.append((prompt_id, chat.last_user, str(result)))
                 continue
