@@ -14,12 +14,15 @@ of the checks base -> tuned with 95% intervals, the difference with its paired i
 principle's rates, mean words, distinct-2, the share of degenerate answers, the alignment-tax
 probe, the seconds per stage, wall time and peak memory. Everything goes to --out/results.json.
 
-Variants (``--variants``):
-    dpo        each prompt's best vs worst of k by the graded checks (the largest gap), DPO + RPO
-    sft        best-of-k rejection sampling, SFT on each prompt's best answer
-    grpo       GRPO with the checks as rewards (llama.cpp rollouts)
-    dpo-rounds dpo, 3 on-policy rounds (sample with the adapter so far, rank, train on)
-    sft-rounds sft, 3 on-policy rounds
+Variants (``--variants``); the candidates of sft and dpo are each sampled answer and its cuts after
+each sentence, unless the name ends in ``-whole``:
+    dpo              each prompt's best vs worst candidate by the graded checks (the largest gap), DPO + RPO
+    sft              best-of-k rejection sampling, SFT on each prompt's best candidate
+    grpo             GRPO with the checks as rewards (llama.cpp rollouts)
+    dpo-rounds       dpo, up to 3 on-policy rounds (sample with the adapter so far, rank, train on)
+    sft-rounds       sft, up to 3 on-policy rounds (plumb tune's default)
+    sft-rounds-whole sft-rounds on the sampled answers only (no cuts)
+    dpo-rounds-whole dpo-rounds on the sampled answers only
 """
 
 from __future__ import annotations
