@@ -26,7 +26,7 @@ def readme_block(marker: str) -> str:
     return next(b for b in blocks if marker in b)
 
 
-ECHO = readme_block('register("echo"')
+ECHO = readme_block('name = "echo"')
 VERIFIER = readme_block("my_verifier.py")
 
 
@@ -376,3 +376,4 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return "gone"
+

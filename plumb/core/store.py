@@ -212,6 +212,10 @@ class Store:
                          "reward": float(reward), "advantage": float(advantage)},
         )
 
+    def rollout_steps(self, run_id: int) -> set[int]:
+        """The steps of run ``run_id`` whose rollouts are stored."""
+        return {r[0] for r in self.query("SELECT DISTINCT step FROM rollouts WHERE run_id = ?", (run_id,))}
+
     def add_label(self, sample_id: int, label: bool, judge: str, prov: Provenance) -> int:
         return self._insert(
             "labels", {"sample_id": sample_id, "label": int(label), "judge": judge, **prov.columns()}
