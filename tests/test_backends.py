@@ -163,8 +163,7 @@ def test_openai_http_against_llama_cpp_server(llama_server):
     from plumb.plugins import openai_http
 
     spec = ModelSpec("openai", llama_server)
-    out = openai_http.plumb_generate(model=spec, chats=CHATS, params=SamplingParams(n=2, max_tokens=4, seed=3,
-                                                                                      logprobs=2))
+    out = openai_http.OpenAIHTTP().generate(spec, CHATS, SamplingParams(n=2, max_tokens=4, seed=3, logprobs=2))
     assert [len(r) for r in out] == [2, 2]
     c = out[0][0]
     assert c.backend == "openai" and c.completion_tokens == 4 and c.prompt_tokens > 5
@@ -176,7 +175,7 @@ def test_openai_http_server_down():
 
     spec = ModelSpec("openai", f"http://127.0.0.1:{free_port()}/v1")
     with pytest.raises(PlumbError, match="cannot reach the OpenAI-compatible server"):
-        openai_http.plumb_generate(model=spec, chats=CHATS, params=SamplingParams())
+        openai_http.OpenAIHTTP().generate(spec, CHATS, SamplingParams())
 
 
 # -- Anthropic against a local Messages API ------------------------------------------------------

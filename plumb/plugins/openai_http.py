@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from plumb.core.backend import Backend
 from plumb.core.errors import PlumbError
 from plumb.core.hookspecs import hookimpl
 from plumb.core.records import Chat, Completion, ModelSpec, SamplingParams
@@ -23,16 +24,17 @@ from plumb.core.records import Chat, Completion, ModelSpec, SamplingParams
 TIMEOUT_S = float(os.environ.get("PLUMB_HTTP_TIMEOUT", 300))
 
 
+class OpenAIHTTP(Backend):
+    name = "openai"
+    description = "OpenAI-compatible HTTP server (llama.cpp server, vLLM, ...): chat completions, n, logprobs"
+
+    def generate(self, model: ModelSpec, chats: list[Chat], params: SamplingParams) -> list[list[Completion]]:
+        return [complete_chat(model, chat, params) for chat in chats]
+
+
 @hookimpl
 def plumb_register_backends(register) -> None:
-    register("openai", "OpenAI-compatible HTTP server (llama.cpp server, vLLM, ...): chat completions, n, logprobs")
-
-
-@hookimpl
-def plumb_generate(model: ModelSpec, chats: list[Chat], params: SamplingParams):
-    if model.backend != "openai":
-        return None
-    return [complete_chat(model, chat, params) for chat in chats]
+    register(OpenAIHTTP())
 
 
 def split_target(target: str) -> tuple[str, str]:
