@@ -155,6 +155,9 @@ class Store:
                 },
             )
 
+    def prompt(self, prompt_id: int) -> sqlite3.Row | None:
+        return self.one("SELECT * FROM prompts WHERE id = ?", (prompt_id,))
+
     def prompts(self, split: str | None = None) -> list[sqlite3.Row]:
         if split:
             return self.query("SELECT * FROM prompts WHERE split = ? ORDER BY id", (split,))

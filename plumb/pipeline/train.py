@@ -43,6 +43,7 @@ from plumb.core.method import DATA_SHAPES, Method, Setup
 from plumb.core.options import check_options
 from plumb.core.records import Event, EventSink, RunResult, RunSpec
 from plumb.core.store import Provenance, Store
+from plumb.pipeline.queries import run_artifacts
 from plumb.pipeline.runs import run_lifecycle
 from plumb.pipeline.session import Session
 
@@ -173,8 +174,7 @@ def train(session: Session, opts: TrainOptions, sink: EventSink | None = None) -
                          f"{earlier['out_dir']}); wait for it or stop it, or pass --fresh to train a second copy.",
                          exit_code=2)
     if earlier is not None and earlier["status"] == "done" and (Path(earlier["out_dir"]) / "adapter").is_dir():
-        artifacts = [(a["kind"], a["path"]) for a in session.store.query(
-            "SELECT kind, path FROM artifacts WHERE run_id = ? ORDER BY id", (earlier["id"],))]
+        artifacts = run_artifacts(session.store, earlier["id"])
         emit(Event("log", earlier["id"], message=f"run {earlier['id']} already trained this; reusing its adapter"))
         return Trained(earlier["id"], earlier["out_dir"], str(Path(earlier["out_dir"]) / "adapter"),
                        json.loads(earlier["final_metrics"] or "{}"), artifacts, skipped=True)
