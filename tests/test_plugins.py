@@ -165,13 +165,13 @@ def test_plugin_raising_at_call_time_is_one_paragraph(workspace, tmp_path):
     assert "verifier table is corrupt" in out.stderr and "angry.py:6" in out.stderr
 
 
-def test_starts_with_answer_separates_the_quickstart_pairs():
+def test_starts_with_answer_separates_the_concise_pairs():
     """The check used to measure tuning must tell the bundled styles apart."""
     from importlib.resources import files
 
     from plumb.plugins.verifiers import _starts_with_answer
 
-    rows = [json.loads(l) for l in (files("plumb.data") / "quickstart_pairs.jsonl").read_text().splitlines()]
+    rows = [json.loads(l) for l in (files("plumb.data") / "concise_pairs.jsonl").read_text().splitlines()]
     assert len(rows) >= 100
     chosen_ok = sum(_starts_with_answer(r["chosen"])[0] for r in rows) / len(rows)
     rejected_ok = sum(_starts_with_answer(r["rejected"])[0] for r in rows) / len(rows)
