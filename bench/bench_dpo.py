@@ -1,7 +1,7 @@
 """plumb's DPO loop against TRL's DPOTrainer: same model, data, LoRA, batch, steps.
 
     bash bench/setup_trl.sh                      # once: TRL in its own venv, bench/.venv-trl
-    python bench/bench_dpo.py                    # starter model (SmolLM2-135M-Instruct), quickstart pairs
+    python bench/bench_dpo.py                    # starter model (SmolLM2-135M-Instruct), the bundled concise pairs
     python bench/bench_dpo.py --limit 48 --steps 12 --max-length 256 --batch-size 4
 
 Three runs, each in its own subprocess so peak RSS is measured fairly: TRL
@@ -194,7 +194,7 @@ def throughput(result: dict, tokens: list[int], clock: int) -> tuple[float, floa
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="HF model dir (default: the starter's HF copy, else the tiny model)")
-    p.add_argument("--pairs", default=str(ROOT / "plumb" / "data" / "quickstart_pairs.jsonl"))
+    p.add_argument("--pairs", default=str(ROOT / "plumb" / "data" / "concise_pairs.jsonl"))
     p.add_argument("--heldout", type=int, default=16, help="the last N pairs of --pairs are held out")
     p.add_argument("--limit", type=int, default=32, help="train on the first N pairs")
     p.add_argument("--steps", type=int, default=8)

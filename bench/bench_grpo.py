@@ -13,7 +13,7 @@ printed beside completions per wall-second: TRL (from bench/.venv-trl, transform
 on the starter's GGUF) and, optionally, plumb with transformers rollouts.
 
 Identical on both sides: the starter's HF copy in fp32, LoRA r 16 / alpha 32 /
-dropout 0 on the seven projections, prompts from the quickstart pairs in file
+dropout 0 on the seven projections, prompts from the bundled concise pairs in file
 order (no shuffling), G = 4 completions for each of 2 prompts a step, at most
 32 new tokens, temperature 1, top-p 1, AdamW at the same learning rate with
 linear decay and no warmup, beta (KL) 0.04 with the reference = the adapter
@@ -48,7 +48,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 def prompts(a) -> tuple[list[str], list[str]]:
-    rows = [json.loads(x) for x in (ROOT / "plumb" / "data" / "quickstart_pairs.jsonl").read_text().splitlines() if x]
+    rows = [json.loads(x) for x in (ROOT / "plumb" / "data" / "concise_pairs.jsonl").read_text().splitlines() if x]
     texts = list(dict.fromkeys(r["prompt"] for r in rows))
     return texts[:len(texts) - a.heldout], texts[len(texts) - a.heldout:]
 

@@ -41,7 +41,7 @@ def main() -> None:
     from plumb.plugins import judge as judge_plugin
     from plumb import llamacpp
 
-    rows = [json.loads(line) for line in (files("plumb.data") / "quickstart_pairs.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (files("plumb.data") / "concise_pairs.jsonl").read_text().splitlines()]
     rows = rows[:a.pairs]
     requests, truth = [], []
     for i, r in enumerate(rows):

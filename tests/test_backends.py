@@ -163,8 +163,7 @@ def test_openai_http_against_llama_cpp_server(llama_server):
     from plumb.plugins import openai_http
 
     spec = ModelSpec("openai", llama_server)
-    out = openai_http.plumb_generate(model=spec, chats=CHATS, params=SamplingParams(n=2, max_tokens=4, seed=3,
-                                                                                      logprobs=2))
+    out = openai_http.OpenAIHTTP().generate(spec, CHATS, SamplingParams(n=2, max_tokens=4, seed=3, logprobs=2))
     assert [len(r) for r in out] == [2, 2]
     c = out[0][0]
     assert c.backend == "openai" and c.completion_tokens == 4 and c.prompt_tokens > 5
@@ -176,7 +175,7 @@ def test_openai_http_server_down():
 
     spec = ModelSpec("openai", f"http://127.0.0.1:{free_port()}/v1")
     with pytest.raises(PlumbError, match="cannot reach the OpenAI-compatible server"):
-        openai_http.plumb_generate(model=spec, chats=CHATS, params=SamplingParams())
+        openai_http.OpenAIHTTP().generate(spec, CHATS, SamplingParams())
 
 
 # -- Anthropic against a local Messages API ------------------------------------------------------
@@ -238,8 +237,8 @@ def test_anthropic_generates_and_retries_overloaded(anthropic_server):
     from plumb.plugins import anthropic_api
 
     spec = ModelSpec("anthropic", "claude-test")
-    out = anthropic_api.plumb_generate(model=spec, chats=[Chat.from_user("OVERLOAD then fine", system="Be brief.")],
-                                       params=SamplingParams(n=2, max_tokens=9, stop=("END",)))
+    out = anthropic_api.Anthropic().generate(spec, [Chat.from_user("OVERLOAD then fine", system="Be brief.")],
+                                            SamplingParams(n=2, max_tokens=9, stop=("END",)))
     assert [c.text for c in out[0]] == ["echo: OVERLOAD then fine"] * 2
     assert out[0][0].prompt_tokens == 7 and out[0][0].completion_tokens == 3
     assert len(anthropic_server.calls) == 3  # 529, retry, second sample
@@ -254,7 +253,7 @@ def test_anthropic_malformed_and_errors_never_show_the_key(anthropic_server):
     spec = ModelSpec("anthropic", "claude-test")
     for prompt, message in (("MALFORMED", "malformed response"), ("FAIL", "HTTP 400.*prompt rejected")):
         with pytest.raises(PlumbError, match=message) as info:
-            anthropic_api.plumb_generate(model=spec, chats=[Chat.from_user(prompt)], params=SamplingParams())
+            anthropic_api.Anthropic().generate(spec, [Chat.from_user(prompt)], SamplingParams())
         assert KEY not in str(info.value)
 
 
@@ -264,8 +263,7 @@ def test_anthropic_timeout_is_a_clear_error(anthropic_server, monkeypatch):
     monkeypatch.setenv("PLUMB_ANTHROPIC_TIMEOUT", "0.2")
     monkeypatch.setenv("PLUMB_ANTHROPIC_RETRIES", "0")
     with pytest.raises(PlumbError, match="did not answer .* in time"):
-        anthropic_api.plumb_generate(model=ModelSpec("anthropic", "x"), chats=[Chat.from_user("SLOW")],
-                                     params=SamplingParams())
+        anthropic_api.Anthropic().generate(ModelSpec("anthropic", "x"), [Chat.from_user("SLOW")], SamplingParams())
 
 
 def test_anthropic_needs_the_env_key(monkeypatch):
@@ -273,7 +271,7 @@ def test_anthropic_needs_the_env_key(monkeypatch):
 
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     with pytest.raises(PlumbError, match="ANTHROPIC_API_KEY"):
-        anthropic_api.plumb_generate(model=ModelSpec("anthropic", "x"), chats=CHATS, params=SamplingParams())
+        anthropic_api.Anthropic().generate(ModelSpec("anthropic", "x"), CHATS, SamplingParams())
 
 
 # -- plumb generate -------------------------------------------------------------------------------

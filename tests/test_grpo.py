@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from plumb import hookimpl
+from plumb.core.backend import Backend
 from plumb.core.context import HookContext
 from plumb.core.errors import PlumbError
 from plumb.core.records import ModelSpec, Reward, RunSpec, SamplingParams
@@ -375,9 +376,13 @@ class DigitJudge:
     """A judge that prefers the answer with more digits (it agrees with the optimized reward), with a
     backend name of its own; both orders are asked, as the real judge does."""
 
+    class Spec(Backend):  # the judge's spec names this backend; the judge hook answers, nothing generates
+        name = "digit-judge"
+        description = "judges by digits (tests)"
+
     @hookimpl
     def plumb_register_backends(self, register):
-        register("digit-judge", "judges by digits (tests)")
+        register(self.Spec())
 
     @hookimpl
     def plumb_judge(self, ctx, constitution, requests, judge):

@@ -1,4 +1,4 @@
-"""Option log-probs (``plumb_option_logprobs``): llama.cpp vs transformers, normalisation, LoRA,
+"""Option log-probs (``ctx.option_logprobs``, a backend's ``option_logprobs``): llama.cpp vs transformers, normalisation, LoRA,
 prefix reuse, and the rule for distinct tokens with the same text."""
 
 from __future__ import annotations
@@ -35,16 +35,17 @@ def llama(gguf, lora=None, scale=1.0) -> ModelSpec:
     return ModelSpec("llamacpp", str(gguf), str(lora) if lora else None, scale)
 
 
-def test_llamacpp_matches_transformers_through_the_hook(tiny_gguf, tiny_model_dir):
+def test_llamacpp_matches_transformers_through_the_backends(tiny_gguf, tiny_model_dir):
+    from plumb.core.context import HookContext
     from plumb.core.plugins import get_plugin_manager
     from plumb import llamacpp
 
     loaded = llamacpp.load(str(tiny_gguf))
     assert max(len(llamacpp.option_paths(loaded, o)[0]) for o in OPTIONS) >= 4  # multi-token options are scored
-    hook = get_plugin_manager(entry_points=False).hook.plumb_option_logprobs
-    ll = hook(model=llama(tiny_gguf), chats=CHATS, options=OPTIONS)
-    hf = hook(model=ModelSpec("hf", str(tiny_model_dir)), chats=CHATS, options=OPTIONS)
-    assert hook(model=ModelSpec("anthropic", "claude-test"), chats=CHATS, options=OPTIONS) is None
+    ctx = HookContext(get_plugin_manager(entry_points=False))
+    ll = ctx.option_logprobs(llama(tiny_gguf), CHATS, OPTIONS)
+    hf = ctx.option_logprobs(ModelSpec("hf", str(tiny_model_dir)), CHATS, OPTIONS)
+    assert ctx.option_logprobs(ModelSpec("anthropic", "claude-test"), CHATS, OPTIONS) is None
     assert len(ll) == len(hf) == len(CHATS)
     for a, b in zip(ll, hf):
         assert list(a) == list(b) == OPTIONS

@@ -51,6 +51,6 @@ def test_soft_label_and_checks_vs_judge(tmp_path):
     assert [r["p"] for r in dpo] == [0.8, 0.7]
     sft = training_rows(store, "sft", by="checks")
     assert [r["completion"] for r in sft] == ["long"]  # the chosen side, once
-    kto = training_rows(store, "kto", by="checks")
+    kto = training_rows(store, "labels", by="checks")
     assert [(r["completion"], r["label"]) for r in kto] == [("long", True), ("short", False), ("long", True),
                                                             ("other", False)]

@@ -26,7 +26,7 @@ def readme_block(marker: str) -> str:
     return next(b for b in blocks if marker in b)
 
 
-ECHO = readme_block('register("echo"')
+ECHO = readme_block('name = "echo"')
 VERIFIER = readme_block("my_verifier.py")
 
 
@@ -376,3 +376,56 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return "gone"
+
+
+def test_compare_takes_one_typed_prompt_reuses_its_answers_and_counts_verdicts(workspace):
+    """The compare stage on a single typed prompt (what the TUI's Compare sends): the prompt is stored as an
+    eval prompt, each side answered by the backend registered for llamacpp (base alone, tuned with the
+    adapter), a rerun reuses the stored answers; a person's verdict moves the win counts and the next
+    unjudged eval prompt."""
+    from plumb.core.backend import Backend
+    from plumb.core.hookspecs import hookimpl
+    from plumb.core.records import Completion
+    from plumb.pipeline.compare import CompareOptions, compare, next_unjudged, side_models, win_counts
+    from plumb.pipeline.label import LabelPair, record
+    from plumb.pipeline.session import open_session
+
+    calls: list[str] = []
+
+    class Sides(Backend):
+        name = "llamacpp"
+
+        def generate(self, model, chats, params):
+            calls.append(str(model))
+            side = "tuned" if model.lora else "base"
+            return [[Completion(f"{side}: {c.last_user}", str(model), "llamacpp")] for c in chats]
+
+    class Fake:
+        @hookimpl
+        def plumb_register_backends(self, register):
+            register(Sides())
+
+    for name in ("base.gguf", "tuned.gguf"):
+        (workspace.root / name).write_bytes(b"stand-in")
+    with open_session(workspace.root) as session:
+        session.pm.unregister(name="plumb.plugins.llamacpp")
+        session.pm.register(Fake(), name="fake")
+        opts = CompareOptions("base.gguf", "tuned.gguf", prompt="Why is the sky blue?")
+        (row,) = compare(session, opts).rows
+        assert (row.prompt, row.base, row.tuned) == ("Why is the sky blue?", "base: Why is the sky blue?",
+                                                     "tuned: Why is the sky blue?")
+        assert [p["id"] for p in session.store.prompts("eval")] == [row.prompt_id]
+        assert calls == ["llamacpp:base.gguf", "llamacpp:base.gguf+lora:tuned.gguf"]
+        assert compare(session, opts).rows == [row] and len(calls) == 2  # stored answers reused
+
+        models = side_models(opts)
+        assert win_counts(session.store, models) == (0, 0, 0)
+        assert next_unjudged(session.store, models) == row.prompt_id
+        record(session.store, LabelPair(row.prompt_id, row.prompt, row.base_id, row.tuned_id, row.base, row.tuned,
+                                        False, None, None, None), "second")
+        assert win_counts(session.store, models) == (1, 0, 0)  # tuned won once
+        assert next_unjudged(session.store, models) is None
+        (again,) = compare(session, CompareOptions("base.gguf", "tuned.gguf", prompt_ids=(row.prompt_id,))).rows
+        assert again == row
+        with pytest.raises(PlumbError, match="missing.gguf"):
+            compare(session, CompareOptions("base.gguf", "missing.gguf", prompt="hi"))

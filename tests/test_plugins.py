@@ -165,14 +165,82 @@ def test_plugin_raising_at_call_time_is_one_paragraph(workspace, tmp_path):
     assert "verifier table is corrupt" in out.stderr and "angry.py:6" in out.stderr
 
 
-def test_starts_with_answer_separates_the_quickstart_pairs():
+def test_starts_with_answer_separates_the_concise_pairs():
     """The check used to measure tuning must tell the bundled styles apart."""
     from importlib.resources import files
 
     from plumb.plugins.verifiers import _starts_with_answer
 
-    rows = [json.loads(l) for l in (files("plumb.data") / "quickstart_pairs.jsonl").read_text().splitlines()]
+    rows = [json.loads(l) for l in (files("plumb.data") / "concise_pairs.jsonl").read_text().splitlines()]
     assert len(rows) >= 100
     chosen_ok = sum(_starts_with_answer(r["chosen"])[0] for r in rows) / len(rows)
     rejected_ok = sum(_starts_with_answer(r["rejected"])[0] for r in rows) / len(rows)
     assert chosen_ok >= 0.95 and rejected_ok <= 0.1
+
+
+def test_a_spec_runs_on_the_backend_object_registered_under_its_name(pm):
+    """Two backends side by side: each spec goes to the object registered for its backend, and the
+    answer's provenance names that object's plugin; an unregistered backend lists the installed ones."""
+    from plumb.core.backend import Backend
+    from plumb.core.context import HookContext
+    from plumb.core.errors import PlumbError
+    from plumb.core.records import ModelSpec, SamplingParams
+
+    class Upper(Backend):
+        name = "upper"
+
+        def generate(self, model, chats, params):
+            return [[Completion(c.last_user.upper(), str(model), self.name)] * params.n for c in chats]
+
+    class Lower(Upper):
+        name = "lower"
+
+        def generate(self, model, chats, params):
+            return [[Completion(c.last_user.lower(), str(model), self.name)] * params.n for c in chats]
+
+    class Plugin:
+        def __init__(self, backend):
+            self.backend = backend
+
+        @hookimpl
+        def plumb_register_backends(self, register):
+            register(self.backend)
+
+    pm.register(Plugin(Upper()), name="upper-plugin")
+    pm.register(Plugin(Lower()), name="lower-plugin")
+    chats, params = [Chat.from_user("Hi There")], SamplingParams(n=2)
+    out, plugin, _ = pm.generate(ModelSpec("lower", "x"), chats, params)
+    assert [c.text for c in out[0]] == ["hi there"] * 2 and plugin == "lower-plugin"
+    out, plugin, _ = pm.generate(ModelSpec("upper", "x"), chats, params)
+    assert out[0][0].text == "HI THERE" and plugin == "upper-plugin"
+    seen: list[str] = []  # a backend that cannot stream answers a stream once, with the whole reply
+    reply = HookContext(pm).stream(ModelSpec("upper", "x"), chats[0], params, seen.append)
+    assert seen == ["HI THERE"] and reply.text == "HI THERE"
+    assert HookContext(pm).option_logprobs(ModelSpec("upper", "x"), chats, ["A"]) is None
+    with pytest.raises(PlumbError, match="no installed plugin offers the backend 'nope'.*lower.*upper"):
+        pm.generate(ModelSpec("nope", "x"), chats, params)
+    pm.register(Plugin(Lower()), name="second-lower")
+    with pytest.raises(PlumbError, match="'lower' is registered by two plugins: lower-plugin and second-lower"):
+        pm.generate(ModelSpec("lower", "x"), chats, params)
+
+
+def test_a_plugin_declaring_a_wrapper_is_refused_for_every_hook(pm, recwarn):
+    """plumb calls each hook implementation itself (``first`` for critique and judge, the registry, the
+    reward batch), so it would never call a wrapper: a plugin declaring one is refused when it loads,
+    with the hook named, and the rest keeps working."""
+
+    class WrapsJudge:
+        @hookimpl(wrapper=True)
+        def plumb_judge(self, ctx, constitution, requests, judge):
+            return (yield)
+
+    class WrapsReward:
+        @hookimpl(hookwrapper=True)
+        def plumb_reward(self, tasks, completions):
+            yield
+
+    for plugin, hook in ((WrapsJudge(), "plumb_judge"), (WrapsReward(), "plumb_reward")):
+        assert not pm.add(plugin, hook, "test", "0")
+        assert f"{hook} is a wrapper; plumb hooks take none" in pm.failures[-1].error
+        assert not pm.has_plugin(hook)
+    assert "max_words" in pm.registry.verifiers

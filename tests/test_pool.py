@@ -224,15 +224,15 @@ CHATS = [Chat.from_user(f"Tell me about the number {i}.") for i in range(12)]
 
 
 def test_option_logprobs_from_a_pool_of_llama_servers(two_llama_servers):
+    from plumb.core.context import HookContext
     from plumb.core.plugins import get_plugin_manager
 
     (_, a), (_, b) = two_llama_servers
     spec = ModelSpec("openai", f"{a},{b}")
-    pm = get_plugin_manager(entry_points=False)
-    greedy = [r[0].text for r in pm.hook.plumb_generate(model=spec, chats=CHATS[:4],
-                                                         params=SamplingParams(temperature=0.0, max_tokens=1))]
+    ctx = HookContext(get_plugin_manager(entry_points=False))
+    greedy = [r[0].text for r in ctx.generate(spec, CHATS[:4], SamplingParams(temperature=0.0, max_tokens=1))]
     options = ["A", "B", "tie"]
-    scored = pm.hook.plumb_option_logprobs(model=spec, chats=CHATS[:4], options=options + greedy)
+    scored = ctx.option_logprobs(spec, CHATS[:4], options + greedy)
     assert len(scored) == 4
     for row, first in zip(scored, greedy):
         assert set(row) == set(options + greedy) and all(v <= 1e-6 for v in row.values())

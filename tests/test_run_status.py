@@ -239,7 +239,7 @@ def test_the_runs_screen_shows_a_run_interrupted_with_its_checkpoint_when_its_pr
 def test_a_resumed_grpo_run_stores_each_steps_rollouts_once(tmp_path):
     """A GRPO run's rollouts file grows by attempts; the rerun that continues the run drops the lines of
     the steps it samples again, and ingesting skips the steps stored by the earlier attempt."""
-    from plumb.pipeline.train import ingest_rollouts, trim_rollouts
+    from plumb.plugins.grpo import ingest_rollouts, trim_rollouts
 
     def lines(steps, tag):
         return "".join(json.dumps({

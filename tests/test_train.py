@@ -253,7 +253,7 @@ def emit(e):
     if e.kind == "metric" and e.step == 6:  # step-4 checkpoint is on disk; die in the middle of the run
         Path(marker).write_text("ready")
         time.sleep(120)
-train(RunSpec("dpo", ModelSpec("hf", model), rows_from_file(pairs, "dpo"), out, config), HookContext(None, emit))
+train(RunSpec("dpo", ModelSpec("hf", model), rows_from_file(pairs, "pairs"), out, config), HookContext(None, emit))
 """
 
 

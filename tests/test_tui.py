@@ -13,6 +13,7 @@ import pytest
 from tests.plugins import plugin_source
 
 from plumb import hookimpl
+from plumb.core.backend import Backend
 from plumb.core.records import Completion
 from plumb.core.store import Provenance
 from plumb.core.workspace import init_workspace
@@ -362,14 +363,19 @@ def test_generate_samples_in_the_background_and_a_bad_model_is_named(ws):
 
 
 class FakeLlama:
-    """A throwaway backend for llamacpp specs: answers say which side (adapter scale) made them."""
+    """A throwaway plugin standing in for llama.cpp: its backend's answers say which side (adapter scale) made them."""
+
+    class Sides(Backend):
+        name = "llamacpp"
+        lora_scale = True
+
+        def generate(self, model, chats, params):
+            side = "tuned" if model.lora and model.lora_scale else "base"
+            return [[Completion(f"{side} answer to {c.last_user}", str(model), "llamacpp")] for c in chats]
 
     @hookimpl
-    def plumb_generate(self, model, chats, params):
-        if model.backend != "llamacpp":
-            return None
-        side = "tuned" if model.lora_scale else "base"
-        return [[Completion(f"{side} answer to {c.last_user}", str(model), "llamacpp")] for c in chats]
+    def plumb_register_backends(self, register):
+        register(self.Sides())
 
 
 class Order:
@@ -393,6 +399,7 @@ def test_blind_ab_stores_the_choice_whatever_the_display_order(ws):
     app = make_app(ws.root, "compare")
 
     async def body(pilot):
+        app.session.pm.unregister(name="plumb.plugins.llamacpp")
         app.session.pm.register(FakeLlama(), name="fake_llama")
         app.rng = Order(False, True)
         screen = app.screen
@@ -517,7 +524,7 @@ def test_plugins_lists_builtins_offers_and_a_broken_plugin_with_its_reason(ws):
         plugins = app.screen.query_one("#plugins", DataTable)
         await until(pilot, lambda: plugins.row_count > 1, what="the plugins")
         rows = [[str(c) for c in plugins.get_row_at(i)] for i in range(plugins.row_count)]
-        assert any(r[0] == "plumb.plugins.preference" and "plumb_optimize" in r[3] for r in rows)
+        assert any(r[0] == "plumb.plugins.preference" and "plumb_register_methods" in r[3] for r in rows)
         assert any(r[0] == "broken" and "FAILED" in r[3] and "no_such_module_here" in r[3] for r in rows)
         offered = app.screen.query_one("#offered", DataTable)
         names = {(str(offered.get_row_at(i)[0]), str(offered.get_row_at(i)[1])) for i in range(offered.row_count)}

@@ -2,8 +2,9 @@
 
 A critic needs to generate, a judge to score options, a trainer to report
 progress and notice a cancel. ``HookContext`` hands them the plugin manager's
-services: generation through any backend (by spec), option log-probabilities,
-rewards through every verifier, an event sink, and the user's cancel flag.
+services: generation through any backend (by spec), a streamed reply, option
+log-probabilities, a judge, rewards through every verifier, an event sink, and
+the user's cancel flag.
 """
 
 from __future__ import annotations
@@ -51,9 +52,17 @@ class HookContext:
         """``params.n`` completions per chat from whichever backend answers for ``model``."""
         return self.pm.generate(self.spec(model), chats, params)[0]
 
+    def stream(self, model: ModelSpec | str, chat: Chat, params: SamplingParams,
+               on_text: Callable[[str], None]) -> Completion:
+        """One reply to ``chat`` from ``model``'s backend, ``on_text(text so far)`` called as it grows (once, with
+        the whole reply, where the backend cannot stream); an exception from ``on_text`` stops it."""
+        spec = self.spec(model)
+        return self.pm.backend(spec)[0].stream(spec, chat, params, on_text)
+
     def option_logprobs(self, model: ModelSpec | str, chats: list[Chat], options: list[str]) -> list[dict[str, float]] | None:
         """Per chat, ``{option: log p(option)}`` as the answer's start; None when the backend cannot say."""
-        return self.pm.hook.plumb_option_logprobs(model=self.spec(model), chats=chats, options=list(options))
+        spec = self.spec(model)
+        return self.pm.backend(spec)[0].option_logprobs(spec, chats, list(options))
 
     def judge(self, constitution: Any, requests: list, judge: ModelSpec | str) -> list | None:
         """The first installed judge's verdicts on ``requests`` (``plumb_judge``), one per request; None when

@@ -1,9 +1,11 @@
 """The hook points of plumb.
 
-Five hooks do the work — generate, critique, judge, reward, optimize — and a
-few registration hooks let a plugin *list* what it offers (backends, training
-methods, verifiers) so ``plumb plugins`` can show what is installed before
-anything is called.
+Three hooks do the work — critique, judge, reward — and three registration
+hooks hand plumb what a plugin offers: backend objects (generation,
+``core/backend.py``), method objects (training, ``core/method.py``) and
+verifiers. The core dispatches a model spec to the backend registered under
+its name and a run to the method registered under its name; ``plumb plugins``
+lists them all before anything is called.
 
 A plugin is any module or object with functions named after these hooks and
 marked with ``@hookimpl``::
@@ -30,7 +32,6 @@ if TYPE_CHECKING:
     from plumb.core.constitution import Constitution
     from plumb.core.context import HookContext
     from plumb.core.records import (
-        Chat,
         Completion,
         Critique,
         CritiqueRequest,
@@ -38,9 +39,6 @@ if TYPE_CHECKING:
         JudgeRequest,
         ModelSpec,
         Reward,
-        RunResult,
-        RunSpec,
-        SamplingParams,
         Task,
     )
 
@@ -59,22 +57,24 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def plumb_register_backends(register: Callable[..., None]) -> None:
-    """Declare the generation backends this plugin implements.
+    """Hand plumb the generation backends this plugin implements.
 
-    Call ``register(name, description)`` once per backend; ``name`` is the
-    prefix of a model spec (``NAME:TARGET``). The plugin's ``plumb_generate``
-    (and, if it can, ``plumb_option_logprobs``) answers for that backend.
+    Call ``register(backend)`` once per backend, with an instance of a
+    ``plumb.core.backend.Backend`` subclass; ``backend.name`` is the prefix of
+    a model spec (``NAME:TARGET``), and every spec with that prefix is
+    generated (and option-scored, streamed) by that object.
     """
 
 
 @hookspec
 def plumb_register_methods(register: Callable[..., None]) -> None:
-    """Declare the optimization methods this plugin implements.
+    """Hand plumb the optimization methods this plugin implements.
 
-    Call ``register(name, description, options=Model)`` once per method;
-    ``options`` is a pydantic model of the method's settings (unknown keys,
-    wrong types and out-of-range values are refused before any model loads).
-    The plugin's ``plumb_optimize`` trains it.
+    Call ``register(method)`` once per method, with an instance of a
+    ``plumb.core.method.Method`` subclass: its ``name`` (``plumb train NAME``),
+    its options model (unknown keys, wrong types and out-of-range values are
+    refused before any model loads), the shape of the rows it trains on, and
+    ``train(run, ctx)``.
     """
 
 
@@ -90,44 +90,14 @@ def plumb_register_verifiers(register: Callable[..., None]) -> None:
     """
 
 
-# -- the five hook points ------------------------------------------------------
+# -- the hooks that do the work ----------------------------------------------------
 #
-# Hooks that need other hooks take ``ctx`` (plumb.core.context.HookContext):
+# Hooks that need other plugins take ``ctx`` (plumb.core.context.HookContext):
 # generate through any backend, score through the reward hook, emit events,
 # and ask whether the user cancelled. A plugin never imports another plugin.
-
-
-@hookspec(firstresult=True)
-def plumb_generate(
-    model: "ModelSpec", chats: "list[Chat]", params: "SamplingParams"
-) -> "list[list[Completion]] | None":
-    """Sample completions for each chat.
-
-    :param model: the parsed model spec; a backend answers only when
-        ``model.backend`` is its own and returns ``None`` otherwise.
-    :param chats: the conversations to continue.
-    :param params: sampling parameters; ``params.n`` completions per chat.
-    :return: one list of ``params.n`` completions per chat, in order.
-
-    Stops at the first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def plumb_option_logprobs(
-    model: "ModelSpec", chats: "list[Chat]", options: "list[str]"
-) -> "list[dict[str, float]] | None":
-    """The log-probability of each candidate continuation, without sampling.
-
-    :param options: candidate texts the assistant's answer could start with
-        (a judge's ``"A"``, ``"B"``, ``"tie"``).
-    :return: per chat, ``{option: log p(option | chat)}``; ``None`` when the
-        backend cannot score continuations (Anthropic; an OpenAI-compatible
-        server that returns no log-probs), so the caller falls back to parsing
-        sampled text.
-
-    Stops at the first non-None result.
-    """
+# plumb calls each implementation itself (to know which plugin answered), so
+# no hook takes a wrapper (hookwrapper / wrapper=True): a plugin that declares
+# one is refused when it loads.
 
 
 @hookspec(firstresult=True)
@@ -175,20 +145,4 @@ def plumb_reward(tasks: "list[Task]", completions: "list[Completion]") -> "list[
     raise for a bad completion: score it 0 and say why in ``Reward.detail``.
     For one task at a time, register a per-item ``score`` function instead
     (``plumb_register_verifiers``).
-    """
-
-
-@hookspec(firstresult=True)
-def plumb_optimize(ctx: "HookContext", method: str, run: "RunSpec") -> "RunResult | None":
-    """Train the policy named in ``run`` with ``method``.
-
-    :param method: the method name (``dpo``, ``sft``, ...); return ``None``
-        when it is not yours.
-    :param run: the serializable run spec: data, validated options, output
-        directory.
-    :param ctx: emits events (progress, metrics, logs) and says whether the
-        user cancelled.
-    :return: where the adapter was written, the final metrics, artifacts.
-
-    Stops at the first non-None result.
     """

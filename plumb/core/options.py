@@ -1,7 +1,7 @@
 """Validate a method's options before any model loads.
 
-A method registers a pydantic model of its settings (``register(name, desc,
-options=Model)``). ``validate_options`` checks a run's settings against it —
+A method object carries a pydantic model of its settings (``Method.options``).
+``check_options`` checks a run's settings against it —
 unknown keys, wrong types, values out of range — and reports every problem
 naming the key, so ``plumb train dpo --lr -1`` fails in milliseconds instead
 of after loading a model.
@@ -15,9 +15,13 @@ from plumb.core.errors import ValidationFailed
 
 
 def validate_options(entry: Any, values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` checked and completed with defaults by the method's options model
-    (``entry.impl``); returned unchanged when the method registered none."""
-    model = entry.impl
+    """``check_options`` for an object naming the method (``entry.name``) and its options model (``entry.impl``)."""
+    return check_options(entry.name, entry.impl, values)
+
+
+def check_options(name: str, model: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` checked and completed with defaults by method ``name``'s options model; returned
+    unchanged when the method has none."""
     if model is None:
         return dict(values)
     from pydantic import ValidationError
@@ -30,7 +34,7 @@ def validate_options(entry: Any, values: dict[str, Any]) -> dict[str, Any]:
             key = ".".join(str(p) for p in err["loc"]) or "(options)"
             if err["type"] == "extra_forbidden":
                 known = ", ".join(sorted(model.model_fields))
-                problems.append(f"{entry.name}: unknown option {key!r} (known: {known})")
+                problems.append(f"{name}: unknown option {key!r} (known: {known})")
             else:
-                problems.append(f"{entry.name}: option {key!r}: {err['msg']} (got {err.get('input')!r})")
-        raise ValidationFailed(problems, f"{len(problems)} bad option(s) for {entry.name}; nothing was run") from None
+                problems.append(f"{name}: option {key!r}: {err['msg']} (got {err.get('input')!r})")
+        raise ValidationFailed(problems, f"{len(problems)} bad option(s) for {name}; nothing was run") from None

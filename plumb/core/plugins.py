@@ -91,7 +91,8 @@ class PlumbPluginManager(pluggy.PluginManager):
         for attr in dir(plugin):
             if not attr.startswith("plumb_"):
                 continue
-            if self.parse_hookimpl_opts(plugin, attr) is None:
+            opts = self.parse_hookimpl_opts(plugin, attr)
+            if opts is None:
                 continue
             caller = getattr(self.hook, attr, None)
             if caller is None or not caller.has_spec():
@@ -99,6 +100,10 @@ class PlumbPluginManager(pluggy.PluginManager):
                 raise pluggy.PluginValidationError(
                     plugin, f"unknown hook {attr!r} (plumb has: {known})"
                 )
+            if opts.get("hookwrapper") or opts.get("wrapper"):
+                raise pluggy.PluginValidationError(
+                    plugin, f"{attr} is a wrapper; plumb hooks take none (plumb calls each implementation "
+                    "itself, to know which plugin answered)")
 
     def _fail(self, name: str, source: str, version: str, reason: str) -> bool:
         if os.environ.get("PLUMB_STRICT_PLUGINS"):
@@ -131,25 +136,27 @@ class PlumbPluginManager(pluggy.PluginManager):
         return self._registry
 
     def first(self, hook: str, **kwargs: Any) -> tuple[Any, str, str]:
-        """Call a firstresult hook as pluggy does (last registered first) and say who answered:
-        (result, plugin name, plugin version), or (None, "", "") when no plugin did. Provenance
-        needs the answering plugin, which a plain firstresult call does not report."""
+        """Call a firstresult hook (critique, judge) as pluggy does (last registered first) and say who
+        answered: (result, plugin name, plugin version), or (None, "", "") when no plugin did. Provenance
+        needs the answering plugin, which a plain firstresult call does not report. Like every plumb hook
+        (the registration hooks in ``Registry.collect``, ``plumb_reward`` in ``core.rewards.score``), each
+        implementation is called by plumb itself, so no hook takes a wrapper: ``_check`` refuses a plugin
+        that declares one when it loads."""
         for impl in reversed(getattr(self.hook, hook).get_hookimpls()):
-            if impl.hookwrapper or getattr(impl, "wrapper", False):
-                continue
             result = impl.function(**{k: kwargs[k] for k in impl.argnames})
             if result is not None:
                 return result, impl.plugin_name, self.version_of(impl.plugin_name)
         return None, "", ""
 
+    def backend(self, model: Any) -> tuple[Any, str, str]:
+        """The backend object registered for ``model.backend``, with its plugin's name and version."""
+        entry = self.registry.check_backend(model.backend)
+        return entry.impl, entry.plugin, self.version_of(entry.plugin)
+
     def generate(self, model: Any, chats: list, params: Any) -> tuple[list, str, str]:
-        """``plumb_generate`` through ``first``: (one list of completions per chat, plugin, version)."""
-        self.registry.check_backend(model.backend)
-        result, plugin, version = self.first("plumb_generate", model=model, chats=chats, params=params)
-        if result is None:
-            owner = self.registry.backends[model.backend].plugin
-            raise PlumbError(f"plugin {owner} registers the {model.backend!r} backend but its plumb_generate "
-                             f"did not answer for {model}.")
+        """``params.n`` completions per chat from the backend of ``model``: (one list per chat, plugin, version)."""
+        backend, plugin, version = self.backend(model)
+        result = backend.generate(model, chats, params)
         if len(result) != len(chats):
             raise PlumbError(f"plugin {plugin} returned {len(result)} answers for {len(chats)} prompts.")
         return result, plugin, version
@@ -163,9 +170,9 @@ class PlumbPluginManager(pluggy.PluginManager):
 
 @dataclass(frozen=True)
 class Entry:
-    """One registered backend, method or verifier, with the object that implements it:
-    the registering plugin for backends, the options model for methods, the
-    per-item ``score`` function (or None: the plugin's ``plumb_reward``) for verifiers."""
+    """One registered backend, method or verifier, with the object that implements it: the
+    ``Backend`` or ``Method`` object for backends and methods (``core/backend.py``, ``core/method.py``),
+    the per-item ``score`` function (or None: the plugin's ``plumb_reward``) for verifiers."""
 
     kind: str
     name: str
@@ -186,21 +193,27 @@ class Registry:
 
     @classmethod
     def collect(cls, pm: "PlumbPluginManager") -> "Registry":
-        """Call every registration hook plugin by plugin, so each name knows its plugin.
-        A name registered twice is an error naming both plugins."""
+        """Call every registration hook plugin by plugin, so each name knows its plugin. Backends and
+        methods are registered as objects (``register(obj)``, named ``obj.name``), verifiers as
+        ``register(name, description, score=fn)``. A name registered twice is an error naming both plugins."""
         reg = cls()
         for kind, hook in KINDS.items():
             table: dict[str, Entry] = getattr(reg, kind)
             for impl in getattr(pm.hook, hook).get_hookimpls():
-                def register(name: str, description: str = "", *, options: Any = None, score: Any = None,
-                             _kind: str = kind, _plugin: str = impl.plugin_name, _table=table) -> None:
+                def register(what: Any, description: str = "", *, score: Any = None, _kind: str = kind,
+                             _plugin: str = impl.plugin_name, _table=table) -> None:
+                    if _kind == "verifiers":
+                        name, obj = what, score
+                    else:
+                        name, description, obj = getattr(what, "name", None), getattr(what, "description", ""), what
                     if not isinstance(name, str) or not name:
-                        raise PlumbError(f"plugin {_plugin} registered a {_kind[:-1]} with no name.")
+                        raise PlumbError(f"plugin {_plugin} registered a {_kind[:-1]} with no name"
+                                         + ("" if _kind == "verifiers" else
+                                            f" (register an object with a `name`, got {what!r})") + ".")
                     if name in _table:
                         raise PlumbError(f"{_kind[:-1]} {name!r} is registered by two plugins: "
                                          f"{_table[name].plugin} and {_plugin}. Uninstall or rename one of them "
                                          "(or remove it from `plugins` in plumb.toml).", exit_code=2)
-                    obj = {"backends": impl.plugin, "methods": options, "verifiers": score}[_kind]
                     _table[name] = Entry(_kind[:-1], name, description, _plugin, obj)
 
                 impl.function(register=register)

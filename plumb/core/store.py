@@ -155,6 +155,9 @@ class Store:
                 },
             )
 
+    def prompt(self, prompt_id: int) -> sqlite3.Row | None:
+        return self.one("SELECT * FROM prompts WHERE id = ?", (prompt_id,))
+
     def prompts(self, split: str | None = None) -> list[sqlite3.Row]:
         if split:
             return self.query("SELECT * FROM prompts WHERE split = ? ORDER BY id", (split,))
@@ -215,6 +218,10 @@ class Store:
             "rollouts", {"run_id": run_id, "step": step, "group_index": group_index, "sample_id": sample_id,
                          "reward": float(reward), "advantage": float(advantage)},
         )
+
+    def rollout_steps(self, run_id: int) -> set[int]:
+        """The steps of run ``run_id`` whose rollouts are stored."""
+        return {r[0] for r in self.query("SELECT DISTINCT step FROM rollouts WHERE run_id = ?", (run_id,))}
 
     def add_label(self, sample_id: int, label: bool, judge: str, prov: Provenance) -> int:
         return self._insert(

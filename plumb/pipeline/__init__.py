@@ -11,7 +11,8 @@
     label.py       queue / record / undo                     a person's A/B labels
     agreement.py   agreement(session, judge)                 judge vs person, judge vs checks
     evaluate.py    evaluate(session, EvalOptions, sink)      held-out base vs tuned, measured
-    tune.py        run(TuneOptions, sink)                    the main job: every stage above, then a report
+    tune.py        tune(session, TuneOptions, sink)          the main job: every stage above, then a report
+    queries.py     recent_adapters, runs_overview, ...       what the faces read from the store, by name
     runs.py        run_lifecycle(): start -> optimize -> done | failed | interrupted
     child.py       an optimizer in a child process, its events streamed back
 

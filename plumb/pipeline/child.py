@@ -184,9 +184,7 @@ def main(spec_path: str, parent: int) -> int:
         run = RunSpec.from_dict(spec["run"])
         pm = get_plugin_manager(spec["plugin_files"], base_dir=Path(spec["base_dir"]) if spec["base_dir"] else None)
         ctx = HookContext(pm, emit, cancel, run.run_id, resolve=parse_spec)
-        result = pm.hook.plumb_optimize(ctx=ctx, method=run.method, run=run)
-        if result is None:
-            raise PlumbError(f"no installed plugin trains {run.method!r}.")
+        result = pm.registry.check_method(run.method).impl.train(run, ctx)
     except (KeyboardInterrupt, Cancelled) as exc:
         message, code = str(exc) or "stopped on request", STOPPED
         emit(Event("error", run_id=None, message=message))

@@ -6,16 +6,22 @@ every answer is stored with its provenance (the model recorded as
 ``llamacpp:BASE+lora:ADAPTER@SCALE``), and each is scored by the
 constitution's checks. Answers already stored for the same model, parameters
 and constitution are reused, so a rerun only asks for what is missing.
+
+The prompts are a split's (the first ``limit``), given stored prompts, or one
+typed prompt (stored as a prompt of the split first). A person's blind
+verdicts on the two sides (the TUI's blind A/B) are read back by
+``win_counts``; ``next_unjudged`` finds the next eval prompt without one.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from plumb.core.records import Chat, Event, EventSink, ModelSpec, SamplingParams
 from plumb.core.checks import check_texts
-from plumb.core.store import Provenance
+from plumb.core.store import Provenance, Store
 from plumb.pipeline.session import Session
 
 SIDES = (("base", 0.0), ("tuned", 1.0))
@@ -30,6 +36,8 @@ class CompareOptions:
     constitution: str | None = None
     limit: int | None = None  # the split's first N prompts
     sides: tuple[str, ...] = ("base", "tuned")  # ("base",): the base's answers alone
+    prompt: str | None = None  # one typed prompt (stored in ``split``) instead of the split's prompts
+    prompt_ids: tuple[int, ...] = ()  # these stored prompts instead of the split's
 
 
 @dataclass
@@ -54,10 +62,36 @@ class Compared:
     scores: dict[str, float] = field(default_factory=dict)  # side -> mean graded score (plumb.core.checks)
 
 
+def side_spec(opts: CompareOptions, side: str) -> ModelSpec:
+    """The model of one side: the base GGUF alone, or with the adapter at the tuned side's scale. The base is
+    the base whatever adapter sits beside it: its answers are made once and reused."""
+    if side == "base":
+        return ModelSpec("llamacpp", opts.base_gguf)
+    return ModelSpec("llamacpp", opts.base_gguf, lora=opts.adapter_gguf, lora_scale=dict(SIDES)[side])
+
+
+def side_models(opts: CompareOptions) -> tuple[str, str]:
+    """The model names the (base, tuned) answers are stored under."""
+    return tuple(f"{side_spec(opts, side)}@{scale:g}" for side, scale in SIDES)  # type: ignore[return-value]
+
+
+def _prompts(store: Store, opts: CompareOptions) -> list[Any]:
+    if opts.prompt is not None:
+        pid = store.add_prompt([{"role": "user", "content": opts.prompt}], split=opts.split, source="compare")
+        return [store.prompt(pid)]
+    if opts.prompt_ids:
+        return [store.prompt(pid) for pid in opts.prompt_ids]
+    return store.prompts(opts.split)[:opts.limit]
+
+
 def compare(session: Session, opts: CompareOptions, sink: EventSink | None = None) -> Compared:
+    from plumb.models.specs import check_exists
+
     emit = sink or (lambda event: None)
     const = session.constitution(opts.constitution)
-    prompts = session.store.prompts(opts.split)[:opts.limit]
+    for side in opts.sides:  # a missing GGUF is named, with the models this workspace has, before any load
+        check_exists(side_spec(opts, side), session.root)
+    prompts = _prompts(session.store, opts)
     chats = [Chat.from_dicts(json.loads(p["messages"])) for p in prompts]
     emit(Event("stage", stage="compare", total=len(opts.sides) * len(prompts),
                message=f"{' vs '.join(opts.sides)} on {len(prompts)} {opts.split} prompts"))
@@ -66,9 +100,7 @@ def compare(session: Session, opts: CompareOptions, sink: EventSink | None = Non
     checks: dict[str, float] = {}
     scores: dict[str, float] = {}
     for k, (side, scale) in enumerate(s for s in SIDES if s[0] in opts.sides):
-        # the base is the base whatever adapter sits beside it: its answers are made once and reused
-        spec = (ModelSpec("llamacpp", opts.base_gguf) if side == "base" else
-                ModelSpec("llamacpp", opts.base_gguf, lora=opts.adapter_gguf, lora_scale=scale))
+        spec = side_spec(opts, side)
         prov = Provenance(model=f"{spec}@{scale:g}", backend="llamacpp", params=opts.params.to_dict(),
                           constitution_hash=const.hash)
         have = session.store.samples_made(prov, [p["id"] for p in prompts])
@@ -92,3 +124,20 @@ def compare(session: Session, opts: CompareOptions, sink: EventSink | None = Non
     rows = [Row(p["text"], b, t, p["id"], bi, ti)
             for p, b, t, bi, ti in zip(prompts, answers["base"], answers[tuned], ids["base"], ids[tuned])]
     return Compared(rows, checks, const.hash, scores)
+
+
+_HUMAN_ON = ("FROM judgments j JOIN samples sa ON sa.id = j.a_id JOIN samples sb ON sb.id = j.b_id"
+             " WHERE j.source = 'human' AND sa.model = ? AND sb.model = ?")  # verdicts on (base, tuned) models
+
+
+def win_counts(store: Store, models: tuple[str, str]) -> tuple[int, int, int]:
+    """(tuned wins, base wins, ties) over the person's verdicts on answers of ``models`` (base, tuned)."""
+    winners = [r["winner"] for r in store.query("SELECT j.winner " + _HUMAN_ON, models)]
+    return winners.count("b"), winners.count("a"), winners.count("tie")
+
+
+def next_unjudged(store: Store, models: tuple[str, str]) -> int | None:
+    """The first eval prompt without the person's verdict on ``models`` (base, tuned), or None."""
+    row = store.one("SELECT p.id FROM prompts p WHERE p.split = 'eval' AND NOT EXISTS (SELECT 1 " + _HUMAN_ON
+                    + " AND j.prompt_id = p.id) ORDER BY p.id LIMIT 1", models)
+    return None if row is None else int(row["id"])

@@ -82,12 +82,12 @@ def build(store: Store, by: str = "both", split: str = "train") -> Built:
     return out
 
 
-def training_rows(store: Store, method: str, by: str = "both") -> list[dict[str, Any]]:
-    """Rows in the method's shape: pairs (dpo family), prompt -> good answer (sft: references,
-    the chosen side of every pair — accepted revisions among them — and positive labels),
-    good/bad completions (kto: labels, then both sides of every pair)."""
+def training_rows(store: Store, shape: str, by: str = "both") -> list[dict[str, Any]]:
+    """Rows of a method's data shape (``core.method.DATA_SHAPES``): ``pairs`` (the dpo family),
+    ``sft`` prompt -> good answer (references, the chosen side of every pair — accepted revisions among
+    them — and positive labels), ``labels`` good/bad completions (kto: labels, then both sides of every pair)."""
     pairs = build(store, by).pairs
-    if method == "sft":
+    if shape == "sft":
         seen, rows = set(), []
         good = store.references() + [{"messages": p["messages"], "completion": p["chosen"]} for p in pairs] + [
             {"messages": r["messages"], "completion": r["completion"]} for r in store.labels() if r["label"]]
@@ -97,17 +97,20 @@ def training_rows(store: Store, method: str, by: str = "both") -> list[dict[str,
                 seen.add(key)
                 rows.append(row)
         return rows
-    if method == "kto":
+    if shape == "labels":
         return store.labels() + [{"messages": p["messages"], "completion": p[side], "label": side == "chosen"}
                                  for p in pairs for side in ("chosen", "rejected")]
     return pairs
 
 
+FORMATS = {"dpo": "pairs", "sft": "sft", "kto": "labels"}  # export format -> the rows' shape
+
+
 def export_rows(store: Store, fmt: str, by: str = "both") -> list[dict[str, Any]]:
     """Rows in TRL's conversational shapes: dpo (with the soft label ``p``), sft (messages) or kto."""
-    if fmt not in ("dpo", "sft", "kto"):
+    if fmt not in FORMATS:
         raise PlumbError(f"unknown export format {fmt!r}: use dpo, sft or kto.", exit_code=2)
-    rows = training_rows(store, fmt, by)
+    rows = training_rows(store, FORMATS[fmt], by)
     if fmt == "dpo":
         return [{"prompt": r["messages"], "chosen": [{"role": "assistant", "content": r["chosen"]}],
                  "rejected": [{"role": "assistant", "content": r["rejected"]}], "p": r["p"]} for r in rows]

@@ -121,8 +121,7 @@ def _sample_chunk(session: Session, spec: ModelSpec, rows: list[tuple[int, Chat]
             if not down and all(isinstance(r, PlumbError) for r in results) and not out.stored:
                 raise batch_error
     if down and out.plugin == "?":  # nothing answered yet: the provenance names the backend's plugin
-        out.plugin = pm.registry.backends[spec.backend].plugin
-        out.version = pm.version_of(out.plugin)
+        _, out.plugin, out.version = pm.backend(spec)
     _store(session, spec, rows, results, asked, const_hash, out)
     if down:
         raise PlumbError(f"{down} Stopped: {len(out.stored)} samples of this run are stored; run the same "

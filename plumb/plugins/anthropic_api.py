@@ -20,22 +20,24 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from plumb.core.backend import Backend
 from plumb.core.errors import PlumbError
 from plumb.core.hookspecs import hookimpl
 from plumb.core.records import Chat, Completion, ModelSpec, SamplingParams
 
 
+class Anthropic(Backend):
+    name = "anthropic"
+    description = "Anthropic Messages API (key from ANTHROPIC_API_KEY): critic and judge"
+
+    def generate(self, model: ModelSpec, chats: list[Chat], params: SamplingParams) -> list[list[Completion]]:
+        client = make_client()
+        return [[complete(client, model, chat, params) for _ in range(params.n)] for chat in chats]
+
+
 @hookimpl
 def plumb_register_backends(register) -> None:
-    register("anthropic", "Anthropic Messages API (key from ANTHROPIC_API_KEY): critic and judge")
-
-
-@hookimpl
-def plumb_generate(model: ModelSpec, chats: list[Chat], params: SamplingParams):
-    if model.backend != "anthropic":
-        return None
-    client = make_client()
-    return [[complete(client, model, chat, params) for _ in range(params.n)] for chat in chats]
+    register(Anthropic())
 
 
 def scrub(text: str) -> str:

@@ -6,30 +6,28 @@ rule of its option log-probs is written there.
 
 from __future__ import annotations
 
+from plumb.core.backend import Backend
 from plumb.core.hookspecs import hookimpl
-from plumb.core.records import Chat, ModelSpec, SamplingParams
+from plumb.core.records import Chat, Completion, ModelSpec, SamplingParams
+
+
+class Transformers(Backend):
+    name = "hf"
+    description = "transformers: batched sampling from a Hugging Face model (also the GRPO policy)"
+
+    def generate(self, model: ModelSpec, chats: list[Chat], params: SamplingParams) -> list[list[Completion]]:
+        from plumb.train.generate import generate_with, load
+
+        hf_model, tokenizer = load(model.target)
+        return generate_with(hf_model, tokenizer, chats, params, name=str(model))
+
+    def option_logprobs(self, model: ModelSpec, chats: list[Chat], options: list[str]) -> list[dict[str, float]]:
+        from plumb.train.generate import load, option_logprobs_with
+
+        hf_model, tokenizer = load(model.target)
+        return option_logprobs_with(hf_model, tokenizer, chats, options)
 
 
 @hookimpl
 def plumb_register_backends(register) -> None:
-    register("hf", "transformers: batched sampling from a Hugging Face model (also the GRPO policy)")
-
-
-@hookimpl
-def plumb_generate(model: ModelSpec, chats: list[Chat], params: SamplingParams):
-    if model.backend != "hf":
-        return None
-    from plumb.train.generate import generate_with, load
-
-    hf_model, tokenizer = load(model.target)
-    return generate_with(hf_model, tokenizer, chats, params, name=str(model))
-
-
-@hookimpl
-def plumb_option_logprobs(model: ModelSpec, chats: list[Chat], options: list[str]):
-    if model.backend != "hf":
-        return None
-    from plumb.train.generate import load, option_logprobs_with
-
-    hf_model, tokenizer = load(model.target)
-    return option_logprobs_with(hf_model, tokenizer, chats, options)
+    register(Transformers())

@@ -2,36 +2,35 @@
 
 Any server speaking ``POST /v1/chat/completions`` — llama.cpp's server,
 ``python -m llama_cpp.server``, vLLM, LM Studio — or a pool of them serving the
-same model. A thin plugin over ``plumb.serving.openai_chat`` (what it guarantees
-is written there and in ``plumb.serving.pool``): generation and option
-log-probs for specs whose backend is ``openai``.
+same model. A thin backend object over ``plumb.serving.openai_chat`` (what it
+guarantees is written there and in ``plumb.serving.pool``): generation and
+option log-probs.
 """
 
 from __future__ import annotations
 
+from plumb.core.backend import Backend
 from plumb.core.hookspecs import hookimpl
-from plumb.core.records import Chat, ModelSpec, SamplingParams
+from plumb.core.records import Chat, Completion, ModelSpec, SamplingParams
+
+
+class OpenAIHTTP(Backend):
+    name = "openai"
+    description = ("OpenAI-compatible HTTP servers (llama.cpp server, vLLM, ...), one or a pool: chat completions, "
+                   "n, logprobs, option log-probs")
+
+    def generate(self, model: ModelSpec, chats: list[Chat], params: SamplingParams) -> list[list[Completion]]:
+        from plumb.serving import openai_chat
+
+        return openai_chat.generate(model, chats, params)
+
+    def option_logprobs(self, model: ModelSpec, chats: list[Chat],
+                        options: list[str]) -> list[dict[str, float]] | None:
+        from plumb.serving import openai_chat
+
+        return openai_chat.option_logprobs(model, chats, options)
 
 
 @hookimpl
 def plumb_register_backends(register) -> None:
-    register("openai", "OpenAI-compatible HTTP servers (llama.cpp server, vLLM, ...), one or a pool: chat "
-             "completions, n, logprobs, option log-probs")
-
-
-@hookimpl
-def plumb_generate(model: ModelSpec, chats: list[Chat], params: SamplingParams):
-    if model.backend != "openai":
-        return None
-    from plumb.serving import openai_chat
-
-    return openai_chat.generate(model, chats, params)
-
-
-@hookimpl
-def plumb_option_logprobs(model: ModelSpec, chats: list[Chat], options: list[str]):
-    if model.backend != "openai":
-        return None
-    from plumb.serving import openai_chat
-
-    return openai_chat.option_logprobs(model, chats, options)
+    register(OpenAIHTTP())

@@ -1,10 +1,11 @@
 """Builtin optimizers: DPO, IPO, hinge, KTO, ORPO and SFT with a LoRA adapter.
 
-A thin plugin over ``plumb.train``: it answers ``plumb_optimize`` for its six
-methods (``None`` for any other, so another plugin may answer), trains, and
-with ``gguf = true`` in the run config also writes the adapter as a GGUF LoRA
-that llama.cpp loads on top of the base GGUF. torch, transformers and peft are
-imported only when a run starts.
+A thin plugin over ``plumb.train``: one method object per name in
+``plumb.train.METHODS``, each training on its rows' shape (preference pairs;
+SFT: prompt -> good answer; KTO: labelled completions) through
+``plumb.train.loop.train``. With ``gguf = true`` in the run config the adapter
+is also written as a GGUF LoRA that llama.cpp loads on top of the base GGUF.
+torch, transformers and peft are imported only when a run starts.
 """
 
 from __future__ import annotations
@@ -12,26 +13,32 @@ from __future__ import annotations
 from pathlib import Path
 
 from plumb.core.hookspecs import hookimpl
+from plumb.core.method import Method
 from plumb.core.records import RunResult, RunSpec
 from plumb.train import METHODS, TrainConfig
+
+SHAPES = {"sft": "sft", "kto": "labels"}  # the others train on preference pairs
+
+
+class Preference(Method):
+    options = TrainConfig
+
+    def __init__(self, name: str, description: str) -> None:
+        self.name, self.description, self.data = name, description, SHAPES.get(name, "pairs")
+
+    def train(self, run: RunSpec, ctx) -> RunResult:
+        from plumb.train.loop import train
+
+        result = train(run, ctx)
+        if run.config.get("gguf"):
+            result.artifacts.append(("gguf-lora", export_gguf(result.adapter_dir, run)))
+        return result
 
 
 @hookimpl
 def plumb_register_methods(register) -> None:
     for name, description in METHODS.items():
-        register(name, description, options=TrainConfig)
-
-
-@hookimpl
-def plumb_optimize(ctx, method: str, run: RunSpec) -> RunResult | None:
-    if method not in METHODS:
-        return None
-    from plumb.train.loop import train
-
-    result = train(run, ctx)
-    if run.config.get("gguf"):
-        result.artifacts.append(("gguf-lora", export_gguf(result.adapter_dir, run)))
-    return result
+        register(Preference(name, description))
 
 
 def export_gguf(adapter_dir: str, run: RunSpec) -> str:

@@ -19,30 +19,34 @@ only when a model is trained or used.
 from __future__ import annotations
 
 from plumb.core.hookspecs import hookimpl
+from plumb.core.method import Method
 from plumb.core.records import Completion, Reward, RunResult, RunSpec, Task
 from plumb.train.options import RewardModelConfig
 
 NAME = "reward-model"
 
 
+class RewardModel(Method):
+    name = NAME
+    description = ("Bradley-Terry reward model (base + scalar head + LoRA) on preference pairs, soft labels; "
+                   "usable as the reward-model verifier")
+    options = RewardModelConfig
+    data = "pairs"
+
+    def train(self, run: RunSpec, ctx) -> RunResult:
+        from plumb.train.reward_model import train
+
+        return train(run, ctx)
+
+
 @hookimpl
 def plumb_register_methods(register) -> None:
-    register(NAME, "Bradley-Terry reward model (base + scalar head + LoRA) on preference pairs, soft labels; "
-             "usable as the reward-model verifier", options=RewardModelConfig)
+    register(RewardModel())
 
 
 @hookimpl
 def plumb_register_verifiers(register) -> None:
     register(NAME, "the score of a trained reward model (task meta.reward_model, or a check's params.model)")
-
-
-@hookimpl
-def plumb_optimize(ctx, method: str, run: RunSpec) -> RunResult | None:
-    if method != NAME:
-        return None
-    from plumb.train.reward_model import train
-
-    return train(run, ctx)
 
 
 def model_of(task: Task) -> str | None:

@@ -132,7 +132,7 @@ def sample_batch(model: Any, tokenizer: Any, chats: list[Chat], params: Sampling
 
 def generate_with(model: Any, tokenizer: Any, chats: list[Chat], params: SamplingParams,
                   name: str = "hf:policy", batch_size: int | None = None) -> list[list[Completion]]:
-    """``plumb_generate`` for an already-loaded model: one list of ``n`` Completions per chat."""
+    """A backend's ``generate`` for an already-loaded model: one list of ``n`` Completions per chat."""
     batch_size = batch_size or int(os.environ.get("PLUMB_HF_BATCH", 8))
     result: list[list[Completion]] = []
     for start in range(0, len(chats), batch_size):

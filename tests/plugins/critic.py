@@ -1,11 +1,9 @@
 
 import re
 from plumb import hookimpl
+from plumb.core.backend import Backend
 from plumb.core.records import Completion
 
-@hookimpl
-def plumb_register_backends(register):
-    register("script", "a scripted critic")
 
 def _between(tag, text):
     m = re.search(rf"<{tag}>\n(.*?)\n</{tag}>", text, re.S)
@@ -19,8 +17,13 @@ def _reply(text):
         return "I'm sorry, the previous response was too long."
     return "Here is the revised response: Paris."
 
+class Script(Backend):
+    name = "script"
+    description = "a scripted critic"
+
+    def generate(self, model, chats, params):
+        return [[Completion(_reply(c.messages[-1].content), str(model), "script")] * params.n for c in chats]
+
 @hookimpl
-def plumb_generate(model, chats, params):
-    if model.backend != "script":
-        return None
-    return [[Completion(_reply(c.messages[-1].content), str(model), "script")] * params.n for c in chats]
+def plumb_register_backends(register):
+    register(Script())

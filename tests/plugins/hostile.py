@@ -1,18 +1,20 @@
 
 from plumb import hookimpl
+from plumb.core.backend import Backend
 from plumb.core.records import Completion, Reward
 
 HOSTILE = "Paris\x1b[2J\x1b[H score 1.0\rok\x9b31m\x07"
 
-@hookimpl
-def plumb_register_backends(register):
-    register("hostile", "answers with terminal control sequences")
+class Hostile(Backend):
+    name = "hostile"
+    description = "answers with terminal control sequences"
+
+    def generate(self, model, chats, params):
+        return [[Completion(HOSTILE, str(model), "hostile")] * params.n for _ in chats]
 
 @hookimpl
-def plumb_generate(model, chats, params):
-    if model.backend != "hostile":
-        return None
-    return [[Completion(HOSTILE, str(model), "hostile")] * params.n for _ in chats]
+def plumb_register_backends(register):
+    register(Hostile())
 
 def quote(task, completion):
     return Reward("quote", 0.5, f"the answer was {completion.text}")

@@ -1,13 +1,11 @@
 
 import os, re
 from plumb import hookimpl
+from plumb.core.backend import Backend
 from plumb.core.records import Completion
 
 CALLS = {"judge": 0}
 
-@hookimpl
-def plumb_register_backends(register):
-    register("script", "scripted critic and judge: TARGET picks the behaviour")
 
 def _between(tag, text):
     m = re.search(rf"<{tag}>\n(.*?)\n</{tag}>", text, re.S)
@@ -34,21 +32,26 @@ def _critic(chat, mode):
                 "same": draft, "shout": "PARIS!"}.get(mode, "Here is the revised response: Paris.")
     return "It is too long; the answer should come first."
 
-@hookimpl
-def plumb_generate(model, chats, params):
-    if model.backend != "script":
-        return None
-    out = []
-    for chat in chats:
-        text = "\n".join(m.content for m in chat.messages)
-        reply = _judge(chat, model.target) if "<answer_a>" in text else _critic(chat, model.target)
-        out.append([Completion(reply, str(model), "script")] * params.n)
-    return out
+class Script(Backend):
+    name = "script"
+    description = "scripted critic and judge: TARGET picks the behaviour"
+
+    def generate(self, model, chats, params):
+        out = []
+        for chat in chats:
+            text = "\n".join(m.content for m in chat.messages)
+            reply = _judge(chat, model.target) if "<answer_a>" in text else _critic(chat, model.target)
+            out.append([Completion(reply, str(model), "script")] * params.n)
+        return out
+
+    def option_logprobs(self, model, chats, options):
+        return option_logprobs(model, chats) if model.target.startswith("biased") else None
 
 @hookimpl
-def plumb_option_logprobs(model, chats, options):
-    if model.backend != "script" or not model.target.startswith("biased"):
-        return None
+def plumb_register_backends(register):
+    register(Script())
+
+def option_logprobs(model, chats):
     bias = float(model.target.split("-")[1])  # extra log-odds for whatever is shown first
     out = []
     for chat in chats:

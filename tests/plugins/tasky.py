@@ -1,26 +1,36 @@
 
 import time
-from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 from plumb import hookimpl
+from plumb.core.method import Method
 from plumb.core.records import Event, RunResult
 
 class TaskyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    DATA: ClassVar[str] = "tasks"
     method: str = "tasky"
     steps: int = Field(4, ge=1)
     rewards: dict[str, float] = Field(default_factory=dict)
     checks: list = Field(default_factory=list)
 
-@hookimpl
-def plumb_register_methods(register):
-    register("tasky", "a GRPO-shaped method: tasks, reward weights, a step every 0.3 s", options=TaskyConfig)
+class Tasky(Method):
+    name = "tasky"
+    description = "a GRPO-shaped method: tasks, reward weights, a step every 0.3 s"
+    options = TaskyConfig
+    data = "tasks"
+
+    def configure(self, config, setup):  # the --reward arguments as weights, as GRPO takes them
+        from plumb.core.rewards import parse_weights
+
+        return {**config, "rewards": parse_weights(setup.rewards)}
+
+    def train(self, run, ctx):
+        return train(run, ctx)
 
 @hookimpl
-def plumb_optimize(ctx, method, run):
-    if method != "tasky":
-        return None
+def plumb_register_methods(register):
+    register(Tasky())
+
+def train(run, ctx):
     total = run.config["steps"]
     ctx.emit(Event("log", run.run_id, message=f"{len(run.data)} tasks; rewards {run.config['rewards']}"))
     for step in range(1, total + 1):

@@ -1,24 +1,23 @@
 """Compare: the base model and the tuned one answer the same prompt, from one loaded GGUF.
 
-llama.cpp loads the base GGUF once and applies the GGUF LoRA at scale 0 (base)
-and 1 (tuned). ``ctrl+r`` shows both answers to the typed prompt, labelled.
-Blind A/B (``ctrl+b``) shows them as A and B in random order, for the typed
-prompt or the next eval prompt not yet judged; the person's choice is stored
-as a human judgment by ``pipeline.label.record`` (a = base, b = tuned) and the
-tuned model's win rate over base is kept with its counts and a 95% Wilson
-interval. Answers are stored as samples with the compare stage's provenance,
-so the two reuse each other's answers.
+A face over the compare stage (``pipeline.compare``): llama.cpp loads the base
+GGUF once and applies the GGUF LoRA for the tuned side. ``ctrl+r`` shows both
+answers to the typed prompt, labelled. Blind A/B (``ctrl+b``) shows them as A
+and B in random order, for the typed prompt or the next eval prompt not yet
+judged (``compare.next_unjudged``); the person's choice is stored as a human
+judgment by ``pipeline.label.record`` (a = base, b = tuned) and the tuned
+model's win rate over base (``compare.win_counts``) is kept with its counts and
+a 95% Wilson interval. The stage stores the answers with their provenance and
+reuses them, here and from ``plumb tune``/``evaluate``.
 
-Chat (``ctrl+n``, ``widgets/chat_panel.py``) talks to one side at a time from
-the same loaded GGUF, the reply streaming in as it is decoded; ``ctrl+t``
-switches between base and tuned (the adapter at scale 0 or 1), ``ctrl+l``
-clears the conversation. Chat turns are not stored.
+Chat (``ctrl+n``, ``widgets/chat_panel.py``) talks to one side at a time,
+the reply streaming in through ``ctx.stream`` as it is decoded; ``ctrl+t``
+switches between base and tuned, ``ctrl+l`` clears the conversation. Chat
+turns are not stored.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from typing import Any
 
 from textual import work
@@ -37,74 +36,23 @@ CHOICE = {"a": "first", "b": "second", "tie": "tie"}
 READY = "ctrl+r: base and tuned side by side.  ctrl+b: blind A/B, then a, b or t.  ctrl+n: chat."
 
 
-@dataclass
-class Answers:
-    prompt_id: int
-    prompt: str
-    base_id: int
-    base: str
-    tuned_id: int
-    tuned: str
-    models: tuple[str, str]  # the samples' model names (base, tuned), as stored
-
-
 def _constitution_hash(session: Any) -> str | None:
     try:
         return session.constitution().hash
-    except PlumbError:  # a constitution with errors: the answers and verdicts are still worth keeping
+    except PlumbError:  # a constitution with errors: the verdict is still worth keeping
         return None
 
 
-def side_model(base_gguf: str, adapter_gguf: str, scale: float) -> tuple[Any, str]:
-    """The spec of one side and the model name its samples are stored under (as the compare stage does)."""
-    from plumb.core.records import ModelSpec
-
-    spec = ModelSpec("llamacpp", base_gguf, lora=adapter_gguf, lora_scale=scale)
-    return spec, f"{spec}@{scale:g}"
-
-
-def next_eval_prompt(store: Any, models: tuple[str, str]) -> Any:
-    """The first eval prompt without a human verdict on this base/tuned pair of models, or None."""
-    return store.one(
-        "SELECT * FROM prompts p WHERE p.split = 'eval' AND NOT EXISTS (SELECT 1 FROM judgments j"
-        " JOIN samples sa ON sa.id = j.a_id JOIN samples sb ON sb.id = j.b_id WHERE j.prompt_id = p.id"
-        " AND j.source = 'human' AND sa.model = ? AND sb.model = ?) ORDER BY p.id LIMIT 1", models)
-
-
-def answer(session: Any, base_gguf: str, adapter_gguf: str, prompt: Any) -> Answers:
-    """Base and tuned answers to ``prompt`` (a prompts row), reused from the store or generated and stored."""
-    from plumb.core.records import Chat
-    from plumb.models.specs import check_exists
-    from plumb.core.store import Provenance
+def _options(base: str, adapter: str, **kw: Any) -> Any:
     from plumb.pipeline.compare import CompareOptions
 
-    params = CompareOptions(base_gguf, adapter_gguf).params
-    const_hash = _constitution_hash(session)
-    chat = Chat.from_dicts(json.loads(prompt["messages"]))
-    out = []
-    for scale in (0.0, 1.0):
-        spec, model = side_model(base_gguf, adapter_gguf, scale)
-        check_exists(spec, session.root)
-        prov = Provenance(model=model, backend="llamacpp", params=params.to_dict(), constitution_hash=const_hash)
-        have = session.store.samples_made(prov, [prompt["id"]])[prompt["id"]]
-        if have:
-            out.append((have[0]["id"], have[0]["text"], model))
-            continue
-        batches, plugin, version = session.pm.generate(spec, [chat], params)
-        made = Provenance(**{**prov.__dict__, "plugin": plugin, "plugin_version": version})
-        c = batches[0][0]
-        out.append((session.store.add_sample(prompt["id"], c.text, made, finish_reason=c.finish_reason), c.text,
-                    model))
-    (base_id, base, base_model), (tuned_id, tuned, tuned_model) = out
-    return Answers(prompt["id"], prompt["text"], base_id, base, tuned_id, tuned, (base_model, tuned_model))
+    return CompareOptions(base, adapter, **kw)
 
 
-def win_counts(store: Any, models: tuple[str, str]) -> tuple[int, int, int]:
-    """(tuned wins, base wins, ties) over the person's blind verdicts on this pair of models."""
-    rows = store.query("SELECT j.winner FROM judgments j JOIN samples sa ON sa.id = j.a_id JOIN samples sb"
-                       " ON sb.id = j.b_id WHERE j.source = 'human' AND sa.model = ? AND sb.model = ?", models)
-    winners = [r["winner"] for r in rows]
-    return winners.count("b"), winners.count("a"), winners.count("tie")
+def _models(base: str, adapter: str) -> tuple[str, str]:
+    from plumb.pipeline.compare import side_models
+
+    return side_models(_options(base, adapter))
 
 
 class CompareScreen(PlumbScreen):
@@ -124,10 +72,11 @@ class CompareScreen(PlumbScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.answers: Answers | None = None
+        self.answers: Any = None  # the compared row on screen (pipeline.compare.Row)
         self.blind = False  # the answers on screen are a blind trial waiting for a verdict
         self.swapped = False  # True: the tuned answer is shown as A
         self.chatting = False  # the chat is shown instead of the side-by-side answers
+        self.models: tuple[str, str] = ("", "")  # the stored model names of the answers on screen
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """a, b and t are shown (and work) only while a blind trial waits for a verdict (False hides them)."""
@@ -140,25 +89,28 @@ class CompareScreen(PlumbScreen):
         yield Static(READY, id="cmp-status", classes="status")
         yield AnswerPair(id="cmp-pair")
         yield Static(id="winrate", classes="status")
-        yield ChatPanel(self.chat_models, id="chat")
+        yield ChatPanel(self.chat_models, self.chat_reply, id="chat")
 
     def on_mount(self) -> None:
+        from plumb.pipeline.queries import latest_gguf_lora
+
         self.query_one("#base", Input).value = self._default_base()
-        row = self.session.store.one("SELECT path FROM artifacts WHERE kind = 'gguf-lora' ORDER BY id DESC LIMIT 1")
-        self.query_one("#adapter", Input).value = row["path"] if row else ""
+        self.query_one("#adapter", Input).value = latest_gguf_lora(self.session.store) or ""
         self.query_one("#cmp-pair", AnswerPair).display = False
         base, adapter = self.query_one("#base", Input).value, self.query_one("#adapter", Input).value
         if base and adapter:
-            self.show_win_rate((side_model(base, adapter, 0.0)[1], side_model(base, adapter, 1.0)[1]))
+            self.show_win_rate(_models(base, adapter))
 
     def _default_base(self) -> str:
+        """The generate model's file when its backend applies a LoRA per call (llama.cpp: a GGUF), else empty."""
         from plumb.models.specs import parse_spec
 
         try:
             spec = parse_spec(self.session.ws.model("generate"))
-        except PlumbError:  # e.g. the starter is not pulled yet
+            backend = self.session.pm.backend(spec)[0]
+        except PlumbError:  # e.g. the starter is not pulled yet, a backend no plugin offers
             return ""
-        return spec.target if spec.backend == "llamacpp" else ""
+        return spec.target if backend.lora_scale else ""
 
     def _paths(self) -> tuple[str, str] | None:
         base = self.query_one("#base", Input).value.strip()
@@ -189,29 +141,31 @@ class CompareScreen(PlumbScreen):
 
     @work(thread=True, exclusive=True, group="compare", exit_on_error=False)
     def generate(self, base: str, adapter: str, text: str, blind: bool) -> None:
+        """Both sides' answers through the compare stage: to the typed prompt, or the next unjudged eval prompt."""
+        from plumb.pipeline.compare import compare, next_unjudged
+
         session = self.session
-        models = (side_model(base, adapter, 0.0)[1], side_model(base, adapter, 1.0)[1])
         try:
-            if text:
-                pid = session.store.add_prompt([{"role": "user", "content": text}], split="eval", source="tui")
-                prompt = session.store.one("SELECT * FROM prompts WHERE id = ?", (pid,))
-            else:
-                prompt = next_eval_prompt(session.store, models)
-                if prompt is None:
+            prompt_ids: tuple[int, ...] = ()
+            if not text:
+                pid = next_unjudged(session.store, _models(base, adapter))
+                if pid is None:
                     raise PlumbError("every eval prompt already has your verdict for this adapter; type a prompt, "
                                      "or import more eval prompts (`plumb data import FILE --split eval`).")
-            got = answer(session, base, adapter, prompt)
+                prompt_ids = (pid,)
+            opts = _options(base, adapter, prompt=text or None, prompt_ids=prompt_ids)
+            (row,) = compare(session, opts).rows
         except Exception as exc:  # a model that fails to load: say which and why, keep the app
             self.app.call_from_thread(self.failed, base, adapter, exc)
             return
-        self.app.call_from_thread(self.show_answers, got, blind)
+        self.app.call_from_thread(self.show_answers, row, _models(base, adapter), blind)
 
     def failed(self, base: str, adapter: str, exc: Exception) -> None:
         self.status(f"[red]No answers[/]: {escape(str(exc))}")
         self.fail(f"could not answer with {base} + {adapter}", exc)
 
-    def show_answers(self, got: Answers, blind: bool) -> None:
-        self.answers = got
+    def show_answers(self, got: Any, models: tuple[str, str], blind: bool) -> None:
+        self.answers, self.models = got, models
         self.set_blind(blind)
         pair = self.query_one("#cmp-pair", AnswerPair)
         pair.display = True
@@ -224,7 +178,7 @@ class CompareScreen(PlumbScreen):
         else:
             pair.show(got.prompt, got.base, got.tuned, ("base (adapter scale 0)", "tuned (adapter scale 1)"))
             self.status("Side by side. ctrl+b for a blind A/B on the next eval prompt.")
-        self.show_win_rate(got.models)
+        self.show_win_rate(models)
 
     def action_choose(self, shown: str) -> None:
         """Store the person's blind verdict (``pipeline.label.record``): ``shown`` is a, b (as displayed) or tie."""
@@ -246,9 +200,11 @@ class CompareScreen(PlumbScreen):
         picked = "neither" if shown == "tie" else "tuned" if (shown == "a") == self.swapped else "base"
         a_was = "tuned" if self.swapped else "base"
         self.status(f"Stored: you preferred {picked} (A was {a_was}). ctrl+b for the next one.")
-        self.show_win_rate(got.models)
+        self.show_win_rate(self.models)
 
     def show_win_rate(self, models: tuple[str, str]) -> None:
+        from plumb.pipeline.compare import win_counts
+
         tuned, base, ties = win_counts(self.session.store, models)
         n = tuned + base + ties
         if not n:
@@ -294,6 +250,13 @@ class CompareScreen(PlumbScreen):
     def chat_models(self) -> tuple[str, str]:
         """(base GGUF, adapter GGUF) as typed, for the chat."""
         return self.query_one("#base", Input).value.strip(), self.query_one("#adapter", Input).value.strip()
+
+    def chat_reply(self, side: str, chat: Any, params: Any, on_text: Any) -> Any:
+        """``side``'s reply to ``chat``, streamed through ``on_text`` (``ctx.stream`` on that side's model)."""
+        from plumb.pipeline.compare import side_spec
+
+        spec = side_spec(_options(*self.chat_models()), side)
+        return self.session.context().stream(spec, chat, params, on_text)
 
     def set_blind(self, blind: bool) -> None:
         self.blind = blind

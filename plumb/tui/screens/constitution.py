@@ -26,7 +26,6 @@ from plumb.core.errors import PlumbError, ValidationFailed
 from plumb.core.workspace import set_config
 from plumb.tui.screens.base import PlumbScreen
 
-STAMPED = ("samples", "critiques", "judgments", "labels", "rewards", "runs")  # tables with constitution_hash
 LINE = re.compile(r":(\d+): ")
 
 
@@ -52,17 +51,6 @@ def validate(text: str, filename: str, pm: Any) -> tuple[Any, list[str]]:
                 line = text.count("\n", 0, m.start()) + 1 if m else 1
                 problems.append(f"{filename}:{line}: principle {p.id!r}: {exc}")
     return (None if problems else const), problems
-
-
-def stale_rows(store: Any, current: str) -> list[str]:
-    """Per table, the rows made under another constitution hash than ``current``."""
-    names = {r["hash"]: f"{r['name']} v{r['version']}" for r in store.query("SELECT * FROM constitutions")}
-    out = []
-    for table in STAMPED:
-        for r in store.query(f"SELECT constitution_hash AS h, count(*) AS n FROM {table} WHERE constitution_hash"
-                             " IS NOT NULL AND constitution_hash != ? GROUP BY h", (current,)):
-            out.append(f"{table}: {r['n']} under {r['h']} ({names.get(r['h'], 'unknown')})")
-    return out
 
 
 def _write(path: Path, text: str) -> None:
@@ -198,6 +186,8 @@ class ConstitutionScreen(PlumbScreen):
 
     @work(thread=True, exclusive=True, group="stale", exit_on_error=False)
     def load_stale(self) -> None:
+        from plumb.pipeline.queries import stale_rows
+
         current = self.valid.hash if self.valid is not None else ""
         try:
             lines = stale_rows(self.session.store, current)

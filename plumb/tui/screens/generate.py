@@ -34,14 +34,11 @@ def latest_rounds(store: Any, split: str) -> list[CritiqueItem]:
     """Every critiqued draft of ``split`` with the latest round of its chain (draft -> revision 1 -> ...;
     the newest critique of an answer continues its chain, as the judge stage reads it)."""
     from plumb.core.records import Chat
+    from plumb.pipeline.queries import drafts, revisions
 
-    child = {r["sample_id"]: r for r in store.query(
-        "SELECT c.sample_id, c.revision_id, c.principle_id, c.critique, c.round, c.flags, c.model, s.text "
-        "FROM critiques c JOIN samples s ON s.id = c.revision_id ORDER BY c.id")}
-    drafts = store.query("SELECT s.id, s.text, p.messages FROM samples s JOIN prompts p ON p.id = s.prompt_id "
-                         "WHERE p.split = ? AND s.kind = 'sample' ORDER BY s.id", (split,))
+    child = {r["sample_id"]: r for r in revisions(store)}
     items = []
-    for d in (d for d in drafts if d["id"] in child):
+    for d in (d for d in drafts(store, split) if d["id"] in child):
         last = child[d["id"]]
         while last["revision_id"] in child:
             last = child[last["revision_id"]]

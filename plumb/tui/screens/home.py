@@ -52,13 +52,15 @@ def _models(session: Any, view: Overview) -> None:
             view.models.append((role, named, f"ready: {spec}"))
         except PlumbError as exc:
             view.models.append((role, named, str(exc).splitlines()[0]))
-    rows = session.store.query("SELECT kind, path, run_id FROM artifacts WHERE kind IN ('adapter', 'gguf-lora')"
-                               " ORDER BY id DESC LIMIT 4")
+    from plumb.pipeline.queries import recent_adapters
+
+    rows = recent_adapters(session.store)
     view.adapters = [f"{r['path']}  ({r['kind']}, run {r['run_id']})" for r in rows]
 
 
 def _next_step(view: Overview, store: Any) -> str:
     from plumb.pipeline.label import queue
+    from plumb.pipeline.queries import any_run_done, latest_gguf_lora
 
     c = view.counts
     if view.problems:
@@ -71,9 +73,9 @@ def _next_step(view: Overview, store: Any) -> str:
         if not to_label:
             return "Sample two answers per prompt: press 3 (or `plumb generate -n 2`)."
         return f"Choose the better answer of each of the {to_label} pairs: press 4."
-    if not store.one("SELECT 1 FROM runs WHERE status = 'done' LIMIT 1"):
+    if not any_run_done(store):
         return f"Train an adapter on the {c['pairs']} pairs: press 5."
-    if not store.one("SELECT 1 FROM artifacts WHERE kind = 'gguf-lora' LIMIT 1"):
+    if latest_gguf_lora(store) is None:
         return ("Export the adapter for llama.cpp: train again with `gguf` checked (press 5), or "
                 "`plumb export gguf --adapter DIR --base hf:BASE --out adapter.gguf`.")
     return "Compare base and tuned: press 6 (blind A/B measures the tuned model's win rate)."

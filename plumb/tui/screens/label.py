@@ -160,11 +160,10 @@ class LabelScreen(PlumbScreen):
     @work(thread=True, exclusive=True, group="agreement", exit_on_error=False)
     def load_agreement(self) -> None:
         from plumb.pipeline.agreement import agreement
+        from plumb.pipeline.queries import model_judges
 
-        store = self.session.store
         try:
-            judges = [r["judge"] for r in store.query("SELECT DISTINCT judge FROM judgments WHERE source = 'model'")]
-            found = [agreement(self.session, judge=j) for j in judges]
+            found = [agreement(self.session, judge=j) for j in model_judges(self.session.store)]
         except PlumbError as exc:  # e.g. a constitution with errors
             text = f"[dim]Judge vs you: not available ({escape(str(exc).splitlines()[0])}).[/]"
         except Exception as exc:  # a bug in a verifier plugin: say so, keep labelling

@@ -64,12 +64,11 @@ class RunsScreen(PlumbScreen):
 
     @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
     def load(self) -> None:
+        from plumb.pipeline.queries import runs_overview
+
         try:
             self.session.store.reap_runs()
-            rows = self.session.store.query(
-                "SELECT r.*, (SELECT max(step) FROM metrics m WHERE m.run_id = r.id) AS steps,"
-                " (SELECT value FROM metrics m WHERE m.run_id = r.id AND key = 'loss' ORDER BY step DESC LIMIT 1)"
-                " AS loss FROM runs r ORDER BY r.id DESC")
+            rows = runs_overview(self.session.store)
         except Exception as exc:  # a damaged store: say so, keep the app
             self.app.call_from_thread(self.fail, "could not read the runs", exc)
             return
@@ -95,13 +94,15 @@ class RunsScreen(PlumbScreen):
             self.show_run(int(event.row_key.value))
 
     def show_run(self, run_id: int) -> None:
+        from plumb.pipeline.queries import run_artifacts
+
         store = self.session.store
         run = store.run(run_id)
         if run is None:
             return
         self.shown = run_id
         self.query_one(RunCharts).show_run(store, run_id)
-        artifacts = store.query("SELECT kind, path FROM artifacts WHERE run_id = ? ORDER BY id", (run_id,))
+        artifacts = run_artifacts(store, run_id)
         lines = [f"[b]run {run_id}[/] {escape(run['method'])}: {escape(run['status'])}  "
                  f"model {escape(run['model'] or '?')}",
                  f"out: {escape(run['out_dir'] or '-')}"]
@@ -109,7 +110,7 @@ class RunsScreen(PlumbScreen):
             lines.append(f"[yellow]checkpoint: {escape(run['checkpoint'])}[/] (a rerun resumes from it)")
         if run["attempts"] > 1:
             lines.append(f"started {run['attempts']} times (resumed into this run)")
-        lines += [f"{escape(a['kind'])}: {escape(a['path'])}" for a in artifacts]
+        lines += [f"{escape(kind)}: {escape(path)}" for kind, path in artifacts]
         if run["final_metrics"]:
             final = json.loads(run["final_metrics"])
             lines.append("final: " + "  ".join(f"{escape(k)} {v:.4g}" for k, v in final.items()
@@ -120,8 +121,7 @@ class RunsScreen(PlumbScreen):
         lines.append("[dim]config: " + escape(", ".join(f"{k}={v}" for k, v in sorted(config.items())
                                                         if k not in ("constitution", "checks"))) + "[/]")
         self.query_one("#run-detail", Static).update("\n".join(lines))
-        reports = [Path(a["path"]) for a in artifacts
-                   if a["kind"] == "report" and a["path"].endswith((".md", ".json"))]
+        reports = [Path(path) for kind, path in artifacts if kind == "report" and path.endswith((".md", ".json"))]
         reports.sort(key=lambda path: path.suffix != ".md")  # tune's report.md before its report.json
         report = self.query_one("#run-report", Markdown)
         report.display = bool(reports)

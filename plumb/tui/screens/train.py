@@ -1,14 +1,14 @@
 """Train: a LoRA adapter from the workspace's data, with live charts and the run's log.
 
-The method comes from the plugins' registry and its options form from the
-options model it registered. Training runs through ``pipeline.train`` in a
+The method comes from the plugins' registry (a method object) and its options
+form from the method's options model. Training runs through ``pipeline.train`` in a
 child process, driven from a thread worker with its own cancel flag: stop sets
 it (the child checkpoints and the run is marked interrupted); training again
 with the same settings resumes that run from its last checkpoint. A child that
 crashes or is killed leaves the UI running; the run is marked failed with its
 last log lines, shown here as a notification.
 
-A method whose options declare ``DATA = "tasks"`` (GRPO) also gets a rewards
+A method that trains on tasks (``method.data == "tasks"``: GRPO) also gets a rewards
 field (``NAME=WEIGHT, NAME2=WEIGHT``: the verifiers to optimize) and an
 optional tasks file; ``pipeline.train.validate`` checks them (a verifier no
 plugin offers, no rewards at all) and its refusal is a notification. The
@@ -37,8 +37,8 @@ from plumb.tui.widgets.options_form import OptionsForm, parse_value
 
 
 def on_tasks(entry: Any) -> bool:
-    """Whether a registered method trains on tasks with reward weights (its options say ``DATA = "tasks"``)."""
-    return getattr(getattr(entry, "impl", None), "DATA", None) == "tasks"
+    """Whether a registered method (its registry entry, or None) trains on tasks with reward weights."""
+    return entry is not None and entry.impl.data == "tasks"
 
 
 def parse_rewards(text: str) -> list[str]:
@@ -139,7 +139,7 @@ class TrainScreen(PlumbScreen):
         entry = self.methods().get(method) if method is not Select.NULL else None
         self.query_one("#method-help", Static).update(escape(entry.description) if entry else "")
         self.query_one("#task-fields").display = on_tasks(entry)
-        await self.query_one("#options", OptionsForm).set_model(entry.impl if entry else None)
+        await self.query_one("#options", OptionsForm).set_model(entry.impl.options if entry else None)
         self.form_method = entry.name if entry else None
 
     def options(self) -> Any:

@@ -1,13 +1,13 @@
-"""A plain chat with a llama.cpp model, base or tuned: a transcript above a one-line input.
+"""A plain chat with a model, base or tuned: a transcript above a one-line input.
 
-Each turn sends the whole conversation, rendered with the model's own chat
-template, and the reply streams into the transcript token by token from a
-thread worker (``plumb.llamacpp.stream``), posted to the UI with
+Each turn sends the whole conversation, and the reply streams into the
+transcript token by token from a thread worker, posted to the UI with
 ``call_from_thread``. ``side`` says who answers the next turn: the base GGUF
-alone (the adapter at scale 0) or with the tuned adapter (scale 1); the GGUF
-is loaded once and kept, switching only rescales the adapter. The GGUF paths
-come from ``models()``, a callable the owning screen passes in. Chat turns
-are not stored. Control characters in the turns are shown escaped
+alone or with the tuned adapter. The owning screen passes in two callables:
+``models()``, the (base, adapter) GGUF paths as typed, and ``reply(side, chat,
+params, on_text)``, which streams one reply (the compare screen's goes through
+``ctx.stream``: llama.cpp loads the base once and only rescales the adapter).
+Chat turns are not stored. Control characters in the turns are shown escaped
 (``plumb.core.text.printable``); ``history`` keeps the exact text.
 """
 
@@ -25,13 +25,12 @@ from plumb.core.errors import PlumbError
 from plumb.core.records import SamplingParams
 from plumb.core.text import printable
 
-SIDES = {"base": 0.0, "tuned": 1.0}  # the adapter's scale
-
-
 class ChatPanel(Vertical):
-    def __init__(self, models: Callable[[], tuple[str, str]], *, id: str | None = None) -> None:
+    def __init__(self, models: Callable[[], tuple[str, str]], reply: Callable[..., Any], *,
+                 id: str | None = None) -> None:
         super().__init__(id=id)
         self.models = models  # () -> (base GGUF, adapter GGUF), as typed on the screen
+        self.reply = reply  # (side, chat, params, on_text) -> the Completion, streamed through on_text
         self.side = "tuned"
         self.history: list[dict[str, str]] = []  # the conversation so far, as sent to the model
         self.turn = 0  # bumped by each turn and each clear: text from an older worker is dropped
@@ -82,7 +81,7 @@ class ChatPanel(Vertical):
         self._say(self.side, "")
         self.turn += 1
         self.streaming = True
-        self.stream_reply(self.turn, base, adapter, SIDES[self.side], list(self.history))
+        self.stream_reply(self.turn, self.side, list(self.history))
 
     def _say(self, speaker: str, text: str) -> None:
         log = self.query_one("#chat-log", VerticalScroll)
@@ -91,11 +90,10 @@ class ChatPanel(Vertical):
         log.scroll_end(animate=False)
 
     @work(thread=True, exclusive=True, group="chat", exit_on_error=False)
-    def stream_reply(self, turn: int, base: str, adapter: str, scale: float, messages: list[dict[str, str]]) -> None:
-        """The model's reply to ``messages`` (the adapter at ``scale``), streamed into the transcript."""
+    def stream_reply(self, turn: int, side: str, messages: list[dict[str, str]]) -> None:
+        """``side``'s reply to ``messages``, streamed into the transcript."""
         from plumb.core.context import Cancelled
-        from plumb.core.records import Chat, ModelSpec
-        from plumb.llamacpp import stream
+        from plumb.core.records import Chat
 
         worker = get_current_worker()
 
@@ -104,9 +102,8 @@ class ChatPanel(Vertical):
                 raise Cancelled("the chat was cleared")
             self.app.call_from_thread(self._text, turn, text)
 
-        spec = ModelSpec("llamacpp", base, lora=adapter or None, lora_scale=scale)
         try:
-            reply = stream(spec, Chat.from_dicts(messages), self.params, on_text)
+            reply = self.reply(side, Chat.from_dicts(messages), self.params, on_text)
         except Cancelled:
             return
         except PlumbError as exc:  # a model that fails to load, a conversation longer than the context
