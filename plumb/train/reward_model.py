@@ -21,9 +21,9 @@ Bradley-Terry, ``P(chosen > rejected) = sigma(r_c - r_r)``, i.e.
 
 Held-out pair accuracy (``eval/accuracy``: r_c > r_r on pairs with p > 0.5)
 is reported on the eval set, or on ``eval_fraction`` of the pairs held out.
-The loop is the DPO family's: ``loop.load_policy`` (with ``task = "SEQ_CLS"``:
-peft trains the head with the LoRA, and saves both), ``get_lr``, checkpoints
-and resume, the NaN stop. The result is a directory (the peft adapter plus
+The machinery is every loop's (``runtime.py``): ``load_policy`` (with ``task =
+"SEQ_CLS"``: peft trains the head with the LoRA, and saves both), ``get_lr``,
+checkpoints and resume, the NaN and OOM stops. The result is a directory (the peft adapter plus
 ``reward_model.json``) that the ``reward-model`` verifier loads.
 
 Defaults: lr 1e-4 (LoRA; the head starts random), 4 pairs a step, cosine with
@@ -47,7 +47,8 @@ import torch.nn.functional as F
 from plumb.core.errors import PlumbError
 from plumb.core.records import Event, RunResult, RunSpec
 from plumb.train import checkpoint, data
-from plumb.train.loop import _oom, end_step, get_lr, load_policy, peak_memory_mb, runtime, write_adapter
+from plumb.train.runtime import (end_step, get_lr, nonfinite, oom_stop, optimizer_for, peak_memory_mb,
+                                 policy as policy_of, resume, start, write_adapter)
 from plumb.train.options import RewardModelConfig
 
 MIN_PAIRS = 8
@@ -126,33 +127,21 @@ def evaluate(model, items, cfg: RewardModelConfig, pad_id, device) -> dict[str, 
 def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> RunResult:
     """Train a reward model on the pairs in ``run.data``; write it to ``run.out_dir/adapter``."""
     cfg = RewardModelConfig.from_dict(run.config)
-    out = Path(run.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    emit = ctx.emit if ctx is not None else (lambda event: None)
-
-    def log(message: str) -> None:
-        emit(Event("log", run.run_id, message=message))
-
-    device, autocast = runtime(cfg)
+    job = start(run, ctx, cfg)
+    out, log, device, autocast = job.out, job.log, job.device, job.autocast
 
     if len(run.data) + len(run.eval_data) < MIN_PAIRS:
         raise PlumbError(f"a reward model needs at least {MIN_PAIRS} preference pairs; got "
                          f"{len(run.data) + len(run.eval_data)}. Import or judge more (`plumb data import`, "
                          "`plumb judge`, `plumb pairs build`).", exit_code=2)
-    if policy is None:
-        if run.policy.backend != "hf":
-            raise PlumbError(f"a reward model trains on an HF model (hf:DIR or starter), not {run.policy}.",
-                             exit_code=2)
-        from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging
 
-        before = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # "score.weight newly initialized": yes, that is the head
-        try:
-            model, tokenizer = load_policy(run.policy.target, cfg, device, task="SEQ_CLS")
-        finally:
-            hf_logging.set_verbosity(before)
-    else:
-        model, tokenizer = policy
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "score.weight newly initialized": yes, that is the head
+    try:
+        model, tokenizer = policy_of(job, policy, task="SEQ_CLS")
+    finally:
+        hf_logging.set_verbosity(before)
     torch.manual_seed(cfg.seed)
     with torch.no_grad():  # a seeded head (runs repeat exactly), small: the first scores are near 0
         for name, p in model.named_parameters():
@@ -178,20 +167,10 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
     total = cfg.steps or max(1, math.ceil(cfg.epochs * len(groups) / cfg.grad_accum))
     log(f"{len(items)} pairs to train on, {len(held)} held out")
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8,
-                                  weight_decay=cfg.weight_decay)
+    params, optimizer = optimizer_for(model, cfg)
     fingerprint = hashlib.sha256(repr([(e.prompt, e.answers, p, m) for e, p, m in items]).encode()).hexdigest()[:16]
-    step, last = 0, checkpoint.latest(out) if cfg.resume else None
-    if cfg.resume and last is None:
-        raise PlumbError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume.", exit_code=2)
-    if last is not None:
-        state = checkpoint.load(last, model, optimizer)
-        if state.get("data") != fingerprint:
-            raise PlumbError(f"--resume: {last} was trained on other pairs; resume with the same data.", exit_code=2)
-        step = int(state["step"])
-        checkpoint.set_rng_state(state["rng"])
-        log(f"resumed from {last} at step {step}")
+    state = resume(job, model, optimizer, fingerprint, "other pairs; resume with the same data")
+    step = int(state["step"]) if state else 0
 
     def save_checkpoint(step: int) -> Path:
         return checkpoint.save(out, step, model, optimizer, {"data": fingerprint, "config": cfg.to_dict()},
@@ -207,7 +186,8 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
             group["lr"] = lr
         sums: dict[str, float] = {}
         finite, tokens, rewards = True, 0, []
-        try:
+        with oom_stop(job, step, f"with --batch-size {cfg.batch_size} and --max-length {cfg.max_length}: lower "
+                      "either, or set gradient_checkpointing = true.", optimizer):
             for k in range(cfg.grad_accum):
                 epoch, pos = divmod(step * cfg.grad_accum + k, len(groups))
                 if epoch != order_epoch:
@@ -226,17 +206,9 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
                     sums[key] = sums.get(key, 0.0) + float(value.detach()) / cfg.grad_accum
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             if not (finite and torch.isfinite(grad_norm)):
-                keep = checkpoint.latest(out)
-                raise PlumbError(f"training stopped: non-finite loss or gradient at step {step + 1}; this step was "
-                                 "not applied. " + (f"The last good checkpoint is {keep} (resume with --resume after "
-                                                    "lowering --lr)." if keep else "Lower --lr and start again."))
+                raise nonfinite(job, step, "", "lower --lr")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        except RuntimeError as exc:
-            if not _oom(exc):
-                raise
-            raise PlumbError(f"out of memory at step {step + 1} on {device}: lower --batch-size or --max-length.") \
-                from None
         step += 1
         r_all = torch.cat(rewards)
         metrics = {**sums, "min_reward": float(r_all.min()), "mean_reward": float(r_all.mean()),
@@ -245,7 +217,7 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
                    "epoch": step * cfg.grad_accum / len(groups)}
         if held and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total):
             metrics.update(evaluate(model, held, cfg, pad_id, device))
-        emit(Event("metric", run.run_id, step, total, values=metrics))
+        job.emit(Event("metric", run.run_id, step, total, values=metrics))
         end_step(ctx, step, total, cfg.checkpoint_every, save_checkpoint, log)
 
     # the reward model: the peft adapter (LoRA + head) and what the verifier needs to load it
