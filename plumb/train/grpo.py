@@ -64,6 +64,7 @@ from plumb.core.records import Event, RunResult, RunSpec, SamplingParams
 from plumb.train import checkpoint, data, grpo_eval
 from plumb.train.runtime import (end_step, get_lr, nonfinite, oom_stop, optimizer_for, out_of_time, peak_memory_mb,
                                  policy as policy_of, resume, start, write_adapter)
+from plumb.train.distributed import world
 from plumb.train.options import GRPOConfig
 from plumb.train.rollouts import (HFSampler, LlamaSampler, RolloutLog, base_gguf, batch_of, gap_candidates,
                                   reward_metrics, row_logps, sampler_gap, score, task_of, token_logps)
@@ -147,6 +148,10 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
     """Train ``run.policy`` with GRPO on the tasks in ``run.data``; write the adapter to
     ``run.out_dir/adapter`` (and the best one by the held-out signal to ``best-adapter``)."""
     cfg = GRPOConfig.from_dict(run.config)
+    if world().size > 1:
+        raise PlumbError(f"grpo does not train under torchrun yet (WORLD_SIZE={world().size}): its rollouts, llama.cpp "
+                         "exports and held-out watch are per process. Run it as one process (plumb train grpo ...).",
+                         exit_code=2)
     weights = dict(cfg.rewards)
     if not weights:
         raise PlumbError("grpo needs at least one reward: --reward NAME[=WEIGHT] (repeatable), or "
@@ -312,10 +317,10 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
             raise PlumbError(grpo_eval.no_signal(zero_streak, metrics, cfg))
         if zero_streak == max(2, cfg.zero_spread_patience // 2):
             log("warning: " + grpo_eval.no_signal(zero_streak, metrics, cfg))
-        end_step(ctx, step, total, cfg.checkpoint_every, save_checkpoint, log)
+        end_step(job, ctx, step, total, cfg.checkpoint_every, save_checkpoint)
 
     # the adapter; the report of the held-out evaluations
-    adapter = write_adapter(model, tokenizer, out)
+    adapter = write_adapter(job, model, tokenizer)
     artifacts = [("adapter", str(adapter)), ("rollouts", str(rollout_log.path))]
     artifacts += watch.finish(out, tokenizer)
     return RunResult(str(adapter), {**metrics, **watch.final_metrics()}, artifacts)

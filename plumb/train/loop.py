@@ -7,7 +7,9 @@ Read it top to bottom, nanoGPT style: config and seed, load the policy and wrap
 it in a LoRA adapter, tokenize, precompute the reference log-probs, then one
 loop in a fixed order — set lr, micro-steps (loss / grad_accum), clip, step,
 zero_grad, log, checkpoint — then save the adapter. Defaults and the reasons
-for them are in ``plumb/train/__init__.py``.
+for them are in ``plumb/train/__init__.py``. Under torchrun each rank computes
+its rows of every micro-batch and the gradients are summed before the clip
+(``distributed.py``).
 
 The reference model is the policy with its adapter disabled (``with
 model.disable_adapter():`` under no_grad): one copy of the weights. Sequence
@@ -84,8 +86,8 @@ def reference_logps(model, examples, method, pad_id, device, autocast, batch_siz
 # -- one micro-batch: loss + the metrics TRL logs ---------------------------------------------
 
 
-def batch_loss(model, examples, ref, cfg: TrainConfig, pad_id, device, autocast):
-    """(loss, {metric: detached tensor}, tokens) for one micro-batch."""
+def batch_loss(model, examples, ref, cfg: TrainConfig, pad_id, device, autocast, world):
+    """(loss, {metric: detached tensor}, tokens) for this rank's rows of one micro-batch (all of it alone)."""
     m = cfg.method
     if m == "sft":
         batch = _to(data.collate([(e.prompt, e.answers[0]) for e in examples], pad_id), device)
@@ -120,7 +122,7 @@ def batch_loss(model, examples, ref, cfg: TrainConfig, pad_id, device, autocast)
         kl_batch = _to(data.collate([(e.prompt, e.kl) for e in examples], pad_id), device)
         with torch.no_grad(), autocast():
             policy_kl = completion_logps(model, kl_batch)[0]
-        kl = losses.kto_kl(policy_kl.float(), ref[:, 1])
+        kl = losses.kto_kl(*world.cat(policy_kl.float(), ref[:, 1]))  # over every rank's rows, as TRL gathers it
         good = torch.tensor([bool(e.label) for e in examples], device=device)
         per, good_rewards, bad_rewards = losses.kto_loss(seq, ref[:, 0], good, kl, cfg.beta, cfg.desirable_weight,
                                                          cfg.undesirable_weight)
@@ -215,7 +217,7 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
     tokenizer) skips loading (tests and benchmarks pass one to inspect afterwards)."""
     cfg = TrainConfig.from_dict({**run.config, "method": run.method})
     job = start(run, ctx, cfg)
-    out, log, device, autocast = job.out, job.log, job.device, job.autocast
+    out, log, device, autocast, world = job.out, job.log, job.device, job.autocast, job.world
 
     # the policy: base weights frozen, LoRA adapter trainable; the reference is the same model, adapter off
     model, tokenizer = policy_of(job, policy)
@@ -227,6 +229,7 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
     examples, counts = prepared.examples, prepared.counts
     shuffle = cfg.shuffle
     groups = data.groups(len(examples), cfg.batch_size, cfg.seed, shuffle)
+    world.check_batches(groups, cfg.batch_size)
     if cfg.method == "kto":
         data.assign_kl(examples, groups)
         if cfg.batch_size < 2:
@@ -243,12 +246,12 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
     total = cfg.steps or max(1, math.ceil(cfg.epochs * len(groups) / cfg.grad_accum))
 
     # reference log-probs: once, before training (the reference never changes), batch by batch
-    # exactly as training will batch them, so they equal what an in-step reference forward gives
+    # exactly as training will batch them (each rank its part), so they equal an in-step reference forward
     ref_all = None
     if cfg.method != "sft" and cfg.method != "orpo" and cfg.precompute_ref:
         t0 = time.perf_counter()
         ref_all = torch.empty(len(examples), 2)
-        for idx in groups:
+        for idx in map(world.shard, groups):
             ref_all[idx] = reference_logps(model, [examples[i] for i in idx], cfg.method, pad_id, device, autocast,
                                            len(idx), cfg.shared_prompt).cpu()
         log(f"reference log-probs for {len(examples)} rows in {time.perf_counter() - t0:.1f}s")
@@ -259,6 +262,7 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
     # optimizer; the lr schedule is get_lr(step)
     params, optimizer = optimizer_for(model, cfg)
     fingerprint = _fingerprint(examples)
+    world.same(fingerprint, "training rows")
     state = resume(job, model, optimizer, fingerprint, "different data (or a different max_length/tokenizer); "
                    "resume with the same --data and settings")
     step = int(state["step"]) if state else 0
@@ -287,14 +291,17 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
                 epoch, pos = divmod(micro, len(groups))
                 if epoch != order_epoch:
                     order_epoch, order = epoch, data.epoch_order(len(groups), cfg.seed, epoch, shuffle)
-                idx = groups[order[pos]]
+                idx = world.shard(groups[order[pos]])  # this rank's rows of the micro-batch
+                share = len(idx) / len(groups[order[pos]]) / cfg.grad_accum  # of the step's mean
                 ref = ref_all[idx].to(device) if ref_all is not None else None
-                loss, stats, ntok = batch_loss(model, [examples[i] for i in idx], ref, cfg, pad_id, device, autocast)
-                (loss / cfg.grad_accum).backward()
+                loss, stats, ntok = batch_loss(model, [examples[i] for i in idx], ref, cfg, pad_id, device, autocast,
+                                               world)
+                (loss * share).backward()
                 micro_losses.append((loss.detach(), idx))
                 tokens = tokens + ntok
                 for key, value in stats.items():
-                    sums[key] = sums.get(key, 0) + value.float() / cfg.grad_accum
+                    sums[key] = sums.get(key, 0) + value.float() * share
+            world.sum_gradients(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             finite = torch.isfinite(grad_norm) & torch.isfinite(torch.stack([m for m, _ in micro_losses])).all()
             if not bool(finite):  # the one sync per step; nothing has been applied yet
@@ -305,26 +312,28 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         step += 1
-        if out_of_time(cfg, started, time.perf_counter() - t0):
+        if world.any(out_of_time(cfg, started, time.perf_counter() - t0)):
             total = step  # the budget is spent: this step is the last, checkpointed and evaluated
 
-        # log: one host sync for every metric of the step
+        # log: one host sync (and one sum over the ranks) for every metric of the step
         keys = list(sums)
-        values = torch.stack([sums[k] for k in keys] + [grad_norm.float(), torch.as_tensor(tokens).float()
-                                                        .to(grad_norm.device)]).tolist()
+        values = world.sum_(torch.stack([sums[k] for k in keys] + [torch.as_tensor(tokens).float()
+                                                                   .to(grad_norm.device)]))
+        values = torch.cat([values, grad_norm.float()[None]]).tolist()
         metrics = dict(zip(keys, values[:-2]))
         elapsed = time.perf_counter() - t0
-        metrics.update({"grad_norm": values[-2], "learning_rate": lr, "tokens_per_s": values[-1] / elapsed,
+        metrics.update({"grad_norm": values[-1], "learning_rate": lr, "tokens_per_s": values[-2] / elapsed,
                         "peak_memory_mb": peak_memory_mb(device), "epoch": step * cfg.grad_accum / len(groups)})
-        if eval_examples and cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+        evaluating = eval_examples and world.main  # rank 0 alone; the others wait at the next sum
+        if evaluating and cfg.eval_every and step % cfg.eval_every == 0 and step < total:
             metrics.update(evaluate(model, eval_examples, eval_ref, cfg, pad_id, device, autocast))
-        if step == total and eval_examples:
+        if evaluating and step == total:
             metrics.update(evaluate(model, eval_examples, eval_ref, cfg, pad_id, device, autocast))
         job.emit(Event("metric", run.run_id, step, total, values=metrics))
-        end_step(ctx, step, total, cfg.checkpoint_every, save_checkpoint, log)
+        end_step(job, ctx, step, total, cfg.checkpoint_every, save_checkpoint)
 
-    adapter = write_adapter(model, tokenizer, out)
-    if not metrics and eval_examples:  # resumed a finished run
+    adapter = write_adapter(job, model, tokenizer)
+    if not metrics and eval_examples and world.main:  # resumed a finished run
         metrics = evaluate(model, eval_examples, eval_ref, cfg, pad_id, device, autocast)
     return RunResult(str(adapter), {**metrics, **{f"data/{k}": float(v) for k, v in counts.items()}},
                      [("adapter", str(adapter))])

@@ -164,11 +164,13 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
         raise PlumbError(f"only {len(items)} usable pairs to train the reward model on ({counts}); it needs at "
                          f"least {MIN_PAIRS // 2} after holding out {len(held)}.", exit_code=2)
     groups = data.groups(len(items), cfg.batch_size, cfg.seed, cfg.shuffle)
+    job.world.check_batches(groups, cfg.batch_size)
     total = cfg.steps or max(1, math.ceil(cfg.epochs * len(groups) / cfg.grad_accum))
     log(f"{len(items)} pairs to train on, {len(held)} held out")
 
     params, optimizer = optimizer_for(model, cfg)
     fingerprint = hashlib.sha256(repr([(e.prompt, e.answers, p, m) for e, p, m in items]).encode()).hexdigest()[:16]
+    job.world.same(fingerprint, "training pairs")
     state = resume(job, model, optimizer, fingerprint, "other pairs; resume with the same data")
     step = int(state["step"]) if state else 0
 
@@ -192,39 +194,45 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
                 epoch, pos = divmod(step * cfg.grad_accum + k, len(groups))
                 if epoch != order_epoch:
                     order_epoch, order = epoch, data.epoch_order(len(groups), cfg.seed, epoch, cfg.shuffle)
-                b, p, m = pair_batch([items[i] for i in groups[order[pos]]], pad_id, device)
+                idx = job.world.shard(groups[order[pos]])  # this rank's pairs of the micro-batch
+                share = len(idx) / len(groups[order[pos]]) / cfg.grad_accum  # of the step's mean
+                b, p, m = pair_batch([items[i] for i in idx], pad_id, device)
                 with autocast():
                     c, r = scores(model, b).chunk(2)
                 loss = bt_loss(c, r, p, cfg.margin + m).mean()
                 if cfg.center_coef:
                     loss = loss + cfg.center_coef * ((c + r) ** 2).mean()
-                (loss / cfg.grad_accum).backward()
+                (loss * share).backward()
                 finite = finite and bool(torch.isfinite(loss))
                 tokens += int(b["attention_mask"].sum())
                 rewards.append(torch.cat([c, r]).detach())
                 for key, value in (("loss", loss), ("accuracy", (c > r).float().mean()), ("margin", (c - r).mean())):
-                    sums[key] = sums.get(key, 0.0) + float(value.detach()) / cfg.grad_accum
+                    sums[key] = sums.get(key, 0.0) + float(value.detach()) * share
+            job.world.sum_gradients(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             if not (finite and torch.isfinite(grad_norm)):
                 raise nonfinite(job, step, "", "lower --lr")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         step += 1
-        r_all = torch.cat(rewards)
+        r_all, = job.world.cat(torch.cat(rewards))  # every rank's scores
+        totals = job.world.sum_(torch.tensor([*sums.values(), tokens], dtype=torch.float64)).tolist()
+        sums, tokens = dict(zip(sums, totals)), totals[-1]
         metrics = {**sums, "min_reward": float(r_all.min()), "mean_reward": float(r_all.mean()),
                    "max_reward": float(r_all.max()), "grad_norm": float(grad_norm), "learning_rate": lr,
                    "tokens_per_s": tokens / (time.perf_counter() - t0), "peak_memory_mb": peak_memory_mb(device),
                    "epoch": step * cfg.grad_accum / len(groups)}
-        if held and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total):
+        evaluating = held and job.world.main  # rank 0 alone; the others wait at the next sum
+        if evaluating and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total):
             metrics.update(evaluate(model, held, cfg, pad_id, device))
         job.emit(Event("metric", run.run_id, step, total, values=metrics))
-        end_step(ctx, step, total, cfg.checkpoint_every, save_checkpoint, log)
+        end_step(job, ctx, step, total, cfg.checkpoint_every, save_checkpoint)
 
     # the reward model: the peft adapter (LoRA + head) and what the verifier needs to load it
     meta = {"format": "plumb-reward-model/1", "base": str(run.policy.target), "max_length": cfg.max_length,
             "metrics": metrics}
-    adapter = write_adapter(model, tokenizer, out, {META: json.dumps(meta, indent=2)})
-    if not metrics and held:  # resumed a finished run
+    adapter = write_adapter(job, model, tokenizer, {META: json.dumps(meta, indent=2)})
+    if not metrics and held and job.world.main:  # resumed a finished run
         metrics = evaluate(model, held, cfg, pad_id, device)
     return RunResult(str(adapter), {**metrics, **{f"data/{k}": float(v) for k, v in counts.items()}},
                      [("reward-model", str(adapter))])

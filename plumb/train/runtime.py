@@ -11,8 +11,8 @@ reads top to bottom and calls these in the same order:
         lr = get_lr(step, total, cfg)
         with oom_stop(job, step, "...", optimizer): ...   # micro-steps, clip, step
         raise nonfinite(job, step, "...", "...")       # when the loss or gradient is not finite
-        end_step(ctx, step, total, every, save, job.log)
-    write_adapter(model, tokenizer, job.out)
+        end_step(job, ctx, step, total, every, save)
+    write_adapter(job, model, tokenizer)
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from plumb.core.context import Cancelled
 from plumb.core.errors import PlumbError
 from plumb.core.records import Event, RunSpec
 from plumb.train import checkpoint
+from plumb.train.distributed import World, join
 
 
 # -- the start: seeds, device, autocast, the output directory, the event sink ----------------------------
@@ -41,8 +42,8 @@ from plumb.train import checkpoint
 
 @dataclass
 class Job:
-    """One run as a loop sees it: its spec and validated config, ``OUT/``, the event sink, the device and
-    an autocast factory."""
+    """One run as a loop sees it: its spec and validated config, ``OUT/``, the event sink, the device, an
+    autocast factory and its place among the ranks (``distributed.World``)."""
 
     run: RunSpec
     cfg: Any
@@ -50,6 +51,7 @@ class Job:
     emit: Callable[[Event], None]
     device: str
     autocast: Callable[[], Any]
+    world: World
 
     def log(self, message: str) -> None:
         self.emit(Event("log", self.run.run_id, message=message))
@@ -70,12 +72,14 @@ def runtime(cfg) -> tuple[str, Any]:
 
 
 def start(run: RunSpec, ctx, cfg) -> Job:
-    """Every loop starts here: ``OUT/`` made, events to ``ctx`` (nowhere without one), then ``runtime``."""
+    """Every loop starts here: ``runtime``, the process group under torchrun (``distributed.join``),
+    ``OUT/`` made, events to ``ctx`` from rank 0 (nowhere from the other ranks, or without a ``ctx``)."""
+    device, autocast = runtime(cfg)
+    world, device = join(device)
     out = Path(run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    emit = ctx.emit if ctx is not None else (lambda event: None)
-    device, autocast = runtime(cfg)
-    return Job(run, cfg, out, emit, device, autocast)
+    emit = ctx.emit if ctx is not None and world.main else (lambda event: None)
+    return Job(run, cfg, out, emit, device, autocast, world)
 
 
 # -- the policy: HF model + LoRA ---------------------------------------------------------------------------
@@ -246,25 +250,28 @@ def nonfinite(job: Job, step: int, where: str, fix: str) -> PlumbError:
                                                      f"No checkpoint was written yet: {fix}, then start again."))
 
 
-def end_step(ctx, step: int, total: int, every: int, save, log) -> None:
-    """After a step: a checkpoint (``save(step)``) every ``every`` steps, at the last one and when a cancel
-    was asked; a cancel then stops the run with ``Cancelled``, and resume continues from that checkpoint."""
-    stop = ctx is not None and ctx.cancelled()
-    if step % every == 0 or step == total or stop:
-        path = save(step)
-        log(f"checkpoint {path}")
+def end_step(job: Job, ctx, step: int, total: int, every: int, save) -> None:
+    """After a step: a checkpoint (``save(step)``, by rank 0) every ``every`` steps, at the last one and when
+    a cancel was asked (of any rank); a cancel then stops the run with ``Cancelled`` on every rank, and resume
+    continues from that checkpoint."""
+    stop = job.world.any(ctx is not None and ctx.cancelled())
+    if (step % every == 0 or step == total or stop) and job.world.main:
+        job.log(f"checkpoint {save(step)}")
     if stop and step < total:
-        raise Cancelled(f"stopped at step {step} of {total}; the checkpoint is in {path.parent} "
+        raise Cancelled(f"stopped at step {step} of {total}; the checkpoint is in {job.out / 'checkpoints'} "
                         "and resume continues from it.")
 
 
-def write_adapter(model, tokenizer, out: Path, files: dict[str, str] | None = None) -> Path:
+def write_adapter(job: Job, model, tokenizer, files: dict[str, str] | None = None) -> Path:
     """The adapter (peft format, loads with ``PeftModel.from_pretrained``) and the tokenizer into
-    ``out/adapter``, written beside it and then renamed, so a crash never leaves half an adapter; ``files``
-    (name -> text) are written into it too."""
+    ``OUT/adapter``, written beside it and then renamed, so a crash never leaves half an adapter; ``files``
+    (name -> text) are written into it too. Rank 0 writes; every rank returns once it is there."""
     import shutil
 
-    adapter, tmp = out / "adapter", out / ".adapter.tmp"
+    adapter, tmp = job.out / "adapter", job.out / ".adapter.tmp"
+    if not job.world.main:
+        job.world.barrier()
+        return adapter
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
@@ -274,4 +281,5 @@ def write_adapter(model, tokenizer, out: Path, files: dict[str, str] | None = No
     if adapter.exists():
         shutil.rmtree(adapter)
     tmp.rename(adapter)
+    job.world.barrier()
     return adapter
