@@ -209,6 +209,13 @@ def _fingerprint(examples: list[data.Example]) -> str:
     return h.hexdigest()[:16]
 
 
+def _weight(examples: list[data.Example], idx: list[int], cfg: TrainConfig) -> int:
+    """What a micro-batch's loss is a mean over: answer tokens for sft, rows (pairs) for the rest; a rank's
+    share of the micro-batch's loss is its weight over the whole's. (ORPO's and RPO's NLL term is a mean
+    over a rank's own chosen tokens.)"""
+    return sum(len(examples[i].answers[0]) for i in idx) if cfg.method == "sft" else len(idx)
+
+
 def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> RunResult:
     """Train ``run.policy`` with ``run.method`` on ``run.data``; write the adapter
     to ``run.out_dir/adapter``. ``ctx`` (a HookContext) receives the events and
@@ -292,7 +299,7 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
                 if epoch != order_epoch:
                     order_epoch, order = epoch, data.epoch_order(len(groups), cfg.seed, epoch, shuffle)
                 idx = world.shard(groups[order[pos]])  # this rank's rows of the micro-batch
-                share = len(idx) / len(groups[order[pos]]) / cfg.grad_accum  # of the step's mean
+                share = _weight(examples, idx, cfg) / _weight(examples, groups[order[pos]], cfg) / cfg.grad_accum
                 ref = ref_all[idx].to(device) if ref_all is not None else None
                 loss, stats, ntok = batch_loss(model, [examples[i] for i in idx], ref, cfg, pad_id, device, autocast,
                                                world)
