@@ -84,6 +84,9 @@ def train(ctx: click.Context, method: str, policy: str | None, data_src: str, co
     plumb train reward-model                         # then: plumb train grpo --reward reward-model:PATH
     """
     from plumb.pipeline import train as stage
+    from plumb.train.distributed import world
+
+    main = world().main  # under torchrun, rank 0 alone shows progress and the result
 
     config = {**_run_config(config_path), **dict(_option(o) for o in extra),
               **{k: v for k, v in flags.items() if v is not None}}
@@ -95,12 +98,14 @@ def train(ctx: click.Context, method: str, policy: str | None, data_src: str, co
                               tasks=tasks_path, rewards=list(rewards))
     with session_from(ctx, scratch_ok=data_src != "workspace" or tasks_path is not None) as session:
         stage.validate(session, opts)  # before anything loads
-        with Progress(quiet=as_json) as show:
+        with Progress(quiet=as_json or not main) as show:
             try:
                 done = stage.train(session, opts, show)
             except KeyboardInterrupt:
                 click.echo("interrupted; run the same command again to resume.", err=True)
                 raise
+    if not main:
+        return
     if as_json:
         echo_json({"run_id": done.run_id, "adapter": done.adapter_dir, "metrics": done.metrics,
                    "artifacts": done.artifacts, "reused": done.skipped})

@@ -17,6 +17,12 @@ training job, its metrics continued from the checkpoint's step; see
 ``runs.run_lifecycle``). A run with the same key that is still running in a
 live process is refused. ``fresh`` trains anew.
 
+Under ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE`` > 1) every rank runs
+this stage and trains in its own process (no child: the launcher supervises the
+ranks), into the ``out_dir`` every rank is given; rank 0 alone touches the store
+(one run row, its metrics), the other ranks train beside it and record nothing
+(``plumb/train/distributed.py``).
+
 In a child process the child writes the run's metrics to the store itself
 (it runs the loop, and outlives a killed parent long enough to checkpoint), so
 every step up to its last checkpoint is recorded however the parent ended.
@@ -32,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,7 @@ from plumb.core.store import Provenance, Store
 from plumb.pipeline.queries import run_artifacts
 from plumb.pipeline.runs import run_lifecycle
 from plumb.pipeline.session import Session
+from plumb.train.distributed import world
 
 NOT_OPTIONS = ("method",)  # set by the stage, not by the person
 
@@ -166,6 +173,19 @@ def train(session: Session, opts: TrainOptions, sink: EventSink | None = None) -
     rows, eval_rows = read_rows(session, opts, method.data)
     method.prepare(options, rows, eval_rows, _setup(session, opts, const))
     key = _key(opts.method, options, str(spec), rows)
+    ranks = world()
+    if ranks.size > 1:  # under torchrun: every rank trains in its own process, rank 0 alone records the run
+        if not opts.out_dir:
+            raise PlumbError(f"under torchrun (WORLD_SIZE={ranks.size}) pass --out DIR: every rank trains into, "
+                             "and resumes from, the same directory.", exit_code=2)
+        opts = replace(opts, isolate=False)
+        if not ranks.main:
+            from plumb.core import checkpoints
+
+            resumes = options.get("resume") or (checkpoints.latest(opts.out_dir) is not None and not opts.fresh)
+            run = RunSpec(opts.method, spec, rows, opts.out_dir, {**options, "resume": resumes}, None, eval_rows)
+            result = _optimize(session, run, emit, isolate=False)
+            return Trained(None, opts.out_dir, result.adapter_dir, result.metrics, result.artifacts)
 
     session.store.reap_runs()  # a run orphaned since the workspace was opened is not "running"
     earlier = None if opts.fresh or opts.out_dir else _earlier(session.store, key)

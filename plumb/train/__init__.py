@@ -7,7 +7,8 @@ plain ``sft``, nanoGPT style: read it top to bottom. The pieces:
     data.py        chat template, TRL-compatible tokenization, collators
     losses.py      pure functions on log-probs (no model in sight)
     logps.py       answer-token log-probs through a chunked, memory-light LM head
-    loop.py        load policy + LoRA, the loop, metrics, evaluation
+    runtime.py     what every loop shares: start, policy + LoRA, lr schedule, resume, stops
+    loop.py        the DPO family's and SFT's loop, metrics, evaluation
     checkpoint.py  atomic checkpoints and resume
 
 This module is light on purpose (no torch): the CLI and the method registry

@@ -7,7 +7,7 @@ renamed into place, so a process killed mid-write leaves the previous
 checkpoints intact and never a half one under a ``step-N`` name. Older
 checkpoints are removed only after a newer one is complete.
 
-The learning-rate schedule is a pure function of the step (see loop.get_lr),
+The learning-rate schedule is a pure function of the step (see runtime.get_lr),
 so the step number is the scheduler's whole state.
 """
 

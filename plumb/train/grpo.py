@@ -20,8 +20,8 @@ aggregated per token over the step (``dapo``, TRL's default), per sequence
 (``grpo``) or by a constant (``dr_grpo``). pi_old is the trainer's own
 log-probs before the step's first update, so the ratio is exact whatever
 sampled the tokens; the sampler/trainer gap is measured and reported apart.
-Checkpoints, resume, the NaN and OOM stops and the lr schedule are the DPO
-loop's (``loop.py``, ``checkpoint.py``); held-out evaluation, the best
+Checkpoints, resume, the NaN and OOM stops and the lr schedule are every
+loop's (``runtime.py``, ``checkpoint.py``); held-out evaluation, the best
 checkpoint and the report are in ``grpo_eval.py``.
 
 Defaults for a 2-core CPU, and why
@@ -62,8 +62,9 @@ import torch
 from plumb.core.errors import PlumbError
 from plumb.core.records import Event, RunResult, RunSpec, SamplingParams
 from plumb.train import checkpoint, data, grpo_eval
-from plumb.train.loop import (_oom, end_step, get_lr, load_policy, out_of_time, peak_memory_mb, runtime,
-                              write_adapter)
+from plumb.train.runtime import (end_step, get_lr, nonfinite, oom_stop, optimizer_for, out_of_time, peak_memory_mb,
+                                 policy as policy_of, resume, start, write_adapter)
+from plumb.train.distributed import world
 from plumb.train.options import GRPOConfig
 from plumb.train.rollouts import (HFSampler, LlamaSampler, RolloutLog, base_gguf, batch_of, gap_candidates,
                                   reward_metrics, row_logps, sampler_gap, score, task_of, token_logps)
@@ -147,12 +148,10 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
     """Train ``run.policy`` with GRPO on the tasks in ``run.data``; write the adapter to
     ``run.out_dir/adapter`` (and the best one by the held-out signal to ``best-adapter``)."""
     cfg = GRPOConfig.from_dict(run.config)
-    out = Path(run.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    def log(message: str) -> None:
-        ctx.emit(Event("log", run.run_id, message=message))
-
+    if world().size > 1:
+        raise PlumbError(f"grpo does not train under torchrun yet (WORLD_SIZE={world().size}): its rollouts, llama.cpp "
+                         "exports and held-out watch are per process. Run it as one process (plumb train grpo ...).",
+                         exit_code=2)
     weights = dict(cfg.rewards)
     if not weights:
         raise PlumbError("grpo needs at least one reward: --reward NAME[=WEIGHT] (repeatable), or "
@@ -165,7 +164,8 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
         raise PlumbError(f"judge = {cfg.judge!r} needs the constitution it judges against (the train stage sets "
                          "it from the workspace's).", exit_code=2)
 
-    device, autocast = runtime(cfg)
+    job = start(run, ctx, cfg)
+    out, log, device, autocast = job.out, job.log, job.device, job.autocast
 
     # tasks: the training prompts and the held-out ones
     rows, held_rows = list(run.data), list(run.eval_data)
@@ -186,34 +186,17 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
         f"x {G} completions; rewards {weights}")
 
     # the policy (LoRA on the base); the reference is the same model with its adapter off
-    if policy is None:
-        if run.policy.backend != "hf":
-            raise PlumbError(f"training needs an HF model (hf:DIR or starter), not {run.policy}.", exit_code=2)
-        model, tokenizer = load_policy(run.policy.target, cfg, device)
-    else:
-        model, tokenizer = policy
+    model, tokenizer = policy_of(job, policy)
     pad_id = tokenizer.pad_token_id
     data.prompt_text(tokenizer, tasks[0].prompt.to_dicts())  # no chat template: say so before sampling
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8,
-                                  weight_decay=cfg.weight_decay)
+    params, optimizer = optimizer_for(model, cfg)
 
     # resume: weights, optimizer, RNG, step, and what the evaluation kept
     fingerprint = _fingerprint(rows, cfg)
-    step, watch = 0, grpo_eval.Watch()
-    zero_streak = 0
-    last = checkpoint.latest(out) if cfg.resume else None
-    if cfg.resume and last is None:
-        raise PlumbError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume.", exit_code=2)
-    if last is not None:
-        state = checkpoint.load(last, model, optimizer)
-        if state.get("data") != fingerprint:
-            raise PlumbError(f"--resume: {last} was trained on other tasks or settings; resume with the same "
-                             "--tasks, rewards and options.", exit_code=2)
-        step, zero_streak = int(state["step"]), int(state.get("zero_streak", 0))
-        watch = grpo_eval.Watch.from_dict(state.get("watch", {}))
-        checkpoint.set_rng_state(state["rng"])
-        log(f"resumed from {last} at step {step}")
+    state = resume(job, model, optimizer, fingerprint, "other tasks or settings; resume with the same --tasks, "
+                   "rewards and options") or {"step": 0}
+    step, zero_streak = int(state["step"]), int(state.get("zero_streak", 0))
+    watch = grpo_eval.Watch.from_dict(state.get("watch", {}))
 
     # the sampler: llama.cpp on a CPU (the LoRA exported and swapped in after each update), else transformers
     kind = cfg.rollouts or ("hf" if device.startswith("cuda") else "llamacpp")
@@ -244,7 +227,7 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
         metrics = evaluate(0)
         for line in watch.update(0, metrics, model, out):
             log(line)
-        ctx.emit(Event("metric", run.run_id, 0, total, values=metrics))
+        job.emit(Event("metric", run.run_id, 0, total, values=metrics))
     while step < total:
         t0 = time.perf_counter()
         lr = get_lr(step, total, cfg)
@@ -289,20 +272,11 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
         stats = {"loss": 0.0, "kl": 0.0, "kl_n": 0.0, "low": 0.0, "high": 0.0, "n": 0.0}
         grad_norm = torch.tensor(0.0)
         if keep:
-            try:
-                grad_norm = _update(model, optimizer, params, [rolls[k] for k in keep], [flat_adv[k] for k in keep],
-                                    cfg, pad_id, device, autocast, stats, step, out)
-            except RuntimeError as exc:
-                if not _oom(exc):
-                    raise
-                optimizer.zero_grad(set_to_none=True)
-                keep_ckpt = checkpoint.latest(out)
-                raise PlumbError(
-                    f"out of memory at step {step + 1} on {device} with {len(keep)} completions of up to "
-                    f"{cfg.max_completion_length} tokens. Lower --batch-size (completions per forward), "
-                    "max_completion_length or prompts_per_step, or set gradient_checkpointing = true."
-                    + (f" The last checkpoint is {keep_ckpt}; --resume continues from it." if keep_ckpt else ""),
-                ) from None
+            with oom_stop(job, step, f"with {len(keep)} completions of up to {cfg.max_completion_length} tokens. "
+                          "Lower --batch-size (completions per forward), max_completion_length or prompts_per_step, "
+                          "or set gradient_checkpointing = true.", optimizer):
+                grad_norm = _update(job, model, optimizer, params, [rolls[k] for k in keep],
+                                    [flat_adv[k] for k in keep], pad_id, stats, step)
             sampler.dirty = True
         step += 1
         if out_of_time(cfg, started, time.perf_counter() - t0):
@@ -343,17 +317,18 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
             raise PlumbError(grpo_eval.no_signal(zero_streak, metrics, cfg))
         if zero_streak == max(2, cfg.zero_spread_patience // 2):
             log("warning: " + grpo_eval.no_signal(zero_streak, metrics, cfg))
-        end_step(ctx, step, total, cfg.checkpoint_every, save_checkpoint, log)
+        end_step(job, ctx, step, total, cfg.checkpoint_every, save_checkpoint)
 
     # the adapter; the report of the held-out evaluations
-    adapter = write_adapter(model, tokenizer, out)
+    adapter = write_adapter(job, model, tokenizer)
     artifacts = [("adapter", str(adapter)), ("rollouts", str(rollout_log.path))]
     artifacts += watch.finish(out, tokenizer)
     return RunResult(str(adapter), {**metrics, **watch.final_metrics()}, artifacts)
 
 
-def _update(model, optimizer, params, rolls, advs, cfg: GRPOConfig, pad_id, device, autocast, stats, step, out):
+def _update(job, model, optimizer, params, rolls, advs, pad_id, stats, step):
     """``num_iterations`` optimizer updates on the kept rollouts; the step's stats summed into ``stats``."""
+    cfg, device, autocast = job.cfg, job.device, job.autocast
     lengths = [len(r.ids) for r in rolls]
     wts = token_weights(lengths, cfg.loss_type, cfg.max_completion_length)
     chunks = [list(range(i, min(i + cfg.batch_size, len(rolls)))) for i in range(0, len(rolls), cfg.batch_size)]
@@ -386,12 +361,7 @@ def _update(model, optimizer, params, rolls, advs, cfg: GRPOConfig, pad_id, devi
                 stats["kl_n"] += lps.numel()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         if not (torch.isfinite(grad_norm) and torch.isfinite(torch.stack(losses)).all()):
-            keep = checkpoint.latest(out)
-            raise PlumbError(
-                f"training stopped: non-finite loss or gradient at step {step + 1} (iteration {it + 1}); the update "
-                "was not applied. " + (f"The last good checkpoint is {keep} (resume with --resume after lowering "
-                                       "--lr or raising beta)." if keep else
-                                       "No checkpoint was written yet; lower --lr and start again."))
+            raise nonfinite(job, step, f" (iteration {it + 1})", "lower --lr or raise beta")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return grad_norm

@@ -19,7 +19,7 @@ from plumb.train import LORA_TARGETS
 
 
 class _Common(BaseModel):
-    """What every LoRA run shares with the DPO family (``loop.load_policy``, ``loop.get_lr``,
+    """What every LoRA run shares with the DPO family (``runtime.load_policy``, ``runtime.get_lr``,
     ``checkpoint``) under the same names."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

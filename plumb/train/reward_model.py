@@ -21,9 +21,9 @@ Bradley-Terry, ``P(chosen > rejected) = sigma(r_c - r_r)``, i.e.
 
 Held-out pair accuracy (``eval/accuracy``: r_c > r_r on pairs with p > 0.5)
 is reported on the eval set, or on ``eval_fraction`` of the pairs held out.
-The loop is the DPO family's: ``loop.load_policy`` (with ``task = "SEQ_CLS"``:
-peft trains the head with the LoRA, and saves both), ``get_lr``, checkpoints
-and resume, the NaN stop. The result is a directory (the peft adapter plus
+The machinery is every loop's (``runtime.py``): ``load_policy`` (with ``task =
+"SEQ_CLS"``: peft trains the head with the LoRA, and saves both), ``get_lr``,
+checkpoints and resume, the NaN and OOM stops. The result is a directory (the peft adapter plus
 ``reward_model.json``) that the ``reward-model`` verifier loads.
 
 Defaults: lr 1e-4 (LoRA; the head starts random), 4 pairs a step, cosine with
@@ -47,7 +47,8 @@ import torch.nn.functional as F
 from plumb.core.errors import PlumbError
 from plumb.core.records import Event, RunResult, RunSpec
 from plumb.train import checkpoint, data
-from plumb.train.loop import _oom, end_step, get_lr, load_policy, peak_memory_mb, runtime, write_adapter
+from plumb.train.runtime import (end_step, get_lr, nonfinite, oom_stop, optimizer_for, peak_memory_mb,
+                                 policy as policy_of, resume, start, write_adapter)
 from plumb.train.options import RewardModelConfig
 
 MIN_PAIRS = 8
@@ -126,33 +127,21 @@ def evaluate(model, items, cfg: RewardModelConfig, pad_id, device) -> dict[str, 
 def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> RunResult:
     """Train a reward model on the pairs in ``run.data``; write it to ``run.out_dir/adapter``."""
     cfg = RewardModelConfig.from_dict(run.config)
-    out = Path(run.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    emit = ctx.emit if ctx is not None else (lambda event: None)
-
-    def log(message: str) -> None:
-        emit(Event("log", run.run_id, message=message))
-
-    device, autocast = runtime(cfg)
+    job = start(run, ctx, cfg)
+    out, log, device, autocast = job.out, job.log, job.device, job.autocast
 
     if len(run.data) + len(run.eval_data) < MIN_PAIRS:
         raise PlumbError(f"a reward model needs at least {MIN_PAIRS} preference pairs; got "
                          f"{len(run.data) + len(run.eval_data)}. Import or judge more (`plumb data import`, "
                          "`plumb judge`, `plumb pairs build`).", exit_code=2)
-    if policy is None:
-        if run.policy.backend != "hf":
-            raise PlumbError(f"a reward model trains on an HF model (hf:DIR or starter), not {run.policy}.",
-                             exit_code=2)
-        from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging
 
-        before = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # "score.weight newly initialized": yes, that is the head
-        try:
-            model, tokenizer = load_policy(run.policy.target, cfg, device, task="SEQ_CLS")
-        finally:
-            hf_logging.set_verbosity(before)
-    else:
-        model, tokenizer = policy
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "score.weight newly initialized": yes, that is the head
+    try:
+        model, tokenizer = policy_of(job, policy, task="SEQ_CLS")
+    finally:
+        hf_logging.set_verbosity(before)
     torch.manual_seed(cfg.seed)
     with torch.no_grad():  # a seeded head (runs repeat exactly), small: the first scores are near 0
         for name, p in model.named_parameters():
@@ -175,23 +164,15 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
         raise PlumbError(f"only {len(items)} usable pairs to train the reward model on ({counts}); it needs at "
                          f"least {MIN_PAIRS // 2} after holding out {len(held)}.", exit_code=2)
     groups = data.groups(len(items), cfg.batch_size, cfg.seed, cfg.shuffle)
+    job.world.check_batches(groups, cfg.batch_size)
     total = cfg.steps or max(1, math.ceil(cfg.epochs * len(groups) / cfg.grad_accum))
     log(f"{len(items)} pairs to train on, {len(held)} held out")
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8,
-                                  weight_decay=cfg.weight_decay)
+    params, optimizer = optimizer_for(model, cfg)
     fingerprint = hashlib.sha256(repr([(e.prompt, e.answers, p, m) for e, p, m in items]).encode()).hexdigest()[:16]
-    step, last = 0, checkpoint.latest(out) if cfg.resume else None
-    if cfg.resume and last is None:
-        raise PlumbError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume.", exit_code=2)
-    if last is not None:
-        state = checkpoint.load(last, model, optimizer)
-        if state.get("data") != fingerprint:
-            raise PlumbError(f"--resume: {last} was trained on other pairs; resume with the same data.", exit_code=2)
-        step = int(state["step"])
-        checkpoint.set_rng_state(state["rng"])
-        log(f"resumed from {last} at step {step}")
+    job.world.same(fingerprint, "training pairs")
+    state = resume(job, model, optimizer, fingerprint, "other pairs; resume with the same data")
+    step = int(state["step"]) if state else 0
 
     def save_checkpoint(step: int) -> Path:
         return checkpoint.save(out, step, model, optimizer, {"data": fingerprint, "config": cfg.to_dict()},
@@ -207,52 +188,51 @@ def train(run: RunSpec, ctx=None, *, policy: tuple[Any, Any] | None = None) -> R
             group["lr"] = lr
         sums: dict[str, float] = {}
         finite, tokens, rewards = True, 0, []
-        try:
+        with oom_stop(job, step, f"with --batch-size {cfg.batch_size} and --max-length {cfg.max_length}: lower "
+                      "either, or set gradient_checkpointing = true.", optimizer):
             for k in range(cfg.grad_accum):
                 epoch, pos = divmod(step * cfg.grad_accum + k, len(groups))
                 if epoch != order_epoch:
                     order_epoch, order = epoch, data.epoch_order(len(groups), cfg.seed, epoch, cfg.shuffle)
-                b, p, m = pair_batch([items[i] for i in groups[order[pos]]], pad_id, device)
+                idx = job.world.shard(groups[order[pos]])  # this rank's pairs of the micro-batch
+                share = len(idx) / len(groups[order[pos]]) / cfg.grad_accum  # of the step's mean
+                b, p, m = pair_batch([items[i] for i in idx], pad_id, device)
                 with autocast():
                     c, r = scores(model, b).chunk(2)
                 loss = bt_loss(c, r, p, cfg.margin + m).mean()
                 if cfg.center_coef:
                     loss = loss + cfg.center_coef * ((c + r) ** 2).mean()
-                (loss / cfg.grad_accum).backward()
+                (loss * share).backward()
                 finite = finite and bool(torch.isfinite(loss))
                 tokens += int(b["attention_mask"].sum())
                 rewards.append(torch.cat([c, r]).detach())
                 for key, value in (("loss", loss), ("accuracy", (c > r).float().mean()), ("margin", (c - r).mean())):
-                    sums[key] = sums.get(key, 0.0) + float(value.detach()) / cfg.grad_accum
+                    sums[key] = sums.get(key, 0.0) + float(value.detach()) * share
+            job.world.sum_gradients(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             if not (finite and torch.isfinite(grad_norm)):
-                keep = checkpoint.latest(out)
-                raise PlumbError(f"training stopped: non-finite loss or gradient at step {step + 1}; this step was "
-                                 "not applied. " + (f"The last good checkpoint is {keep} (resume with --resume after "
-                                                    "lowering --lr)." if keep else "Lower --lr and start again."))
+                raise nonfinite(job, step, "", "lower --lr")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        except RuntimeError as exc:
-            if not _oom(exc):
-                raise
-            raise PlumbError(f"out of memory at step {step + 1} on {device}: lower --batch-size or --max-length.") \
-                from None
         step += 1
-        r_all = torch.cat(rewards)
+        r_all, = job.world.cat(torch.cat(rewards))  # every rank's scores
+        totals = job.world.sum_(torch.tensor([*sums.values(), tokens], dtype=torch.float64)).tolist()
+        sums, tokens = dict(zip(sums, totals)), totals[-1]
         metrics = {**sums, "min_reward": float(r_all.min()), "mean_reward": float(r_all.mean()),
                    "max_reward": float(r_all.max()), "grad_norm": float(grad_norm), "learning_rate": lr,
                    "tokens_per_s": tokens / (time.perf_counter() - t0), "peak_memory_mb": peak_memory_mb(device),
                    "epoch": step * cfg.grad_accum / len(groups)}
-        if held and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total):
+        evaluating = held and job.world.main  # rank 0 alone; the others wait at the next sum
+        if evaluating and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total):
             metrics.update(evaluate(model, held, cfg, pad_id, device))
-        emit(Event("metric", run.run_id, step, total, values=metrics))
-        end_step(ctx, step, total, cfg.checkpoint_every, save_checkpoint, log)
+        job.emit(Event("metric", run.run_id, step, total, values=metrics))
+        end_step(job, ctx, step, total, cfg.checkpoint_every, save_checkpoint)
 
     # the reward model: the peft adapter (LoRA + head) and what the verifier needs to load it
     meta = {"format": "plumb-reward-model/1", "base": str(run.policy.target), "max_length": cfg.max_length,
             "metrics": metrics}
-    adapter = write_adapter(model, tokenizer, out, {META: json.dumps(meta, indent=2)})
-    if not metrics and held:  # resumed a finished run
+    adapter = write_adapter(job, model, tokenizer, {META: json.dumps(meta, indent=2)})
+    if not metrics and held and job.world.main:  # resumed a finished run
         metrics = evaluate(model, held, cfg, pad_id, device)
     return RunResult(str(adapter), {**metrics, **{f"data/{k}": float(v) for k, v in counts.items()}},
                      [("reward-model", str(adapter))])
