@@ -184,7 +184,7 @@ def train(session: Session, opts: TrainOptions, sink: EventSink | None = None) -
 
             resumes = options.get("resume") or (checkpoints.latest(opts.out_dir) is not None and not opts.fresh)
             run = RunSpec(opts.method, spec, rows, opts.out_dir, {**options, "resume": resumes}, None, eval_rows)
-            result = _optimize(session, run, emit, isolate=False)
+            result = _optimize(session, method, run, emit, isolate=False)
             return Trained(None, opts.out_dir, result.adapter_dir, result.metrics, result.artifacts)
 
     session.store.reap_runs()  # a run orphaned since the workspace was opened is not "running"
