@@ -2,10 +2,8 @@
 
 The plugins register these models as their methods' options, so ``plumb train
 grpo -o beta=0.04`` is checked (unknown keys, types, ranges) before anything
-loads. ``DATA`` tells the train stage what rows a method trains on: ``"tasks"``
-(prompts with what verifiers need, plus reward weights validated against the
-installed verifiers) or ``"pairs"`` (preference pairs with their soft label ``p``).
-The reasons behind the defaults are in ``plumb/train/grpo.py`` and
+loads (what rows a method trains on is its method object's ``data``,
+``plumb.core.method``). The reasons behind the defaults are in ``plumb/train/grpo.py`` and
 ``plumb/train/reward_model.py``.
 """
 
@@ -58,7 +56,6 @@ class _Common(BaseModel):
 class GRPOConfig(_Common):
     """GRPO on tasks with verifiable rewards (``plumb train grpo``)."""
 
-    DATA: ClassVar[str] = "tasks"
     DEFAULT_LR: ClassVar[float] = 5e-4  # 5e-5 moved a simple reward by 0.01 in 24 steps on the starter (grpo.py)
 
     method: str = "grpo"
@@ -102,7 +99,6 @@ class GRPOConfig(_Common):
 class RewardModelConfig(_Common):
     """A Bradley-Terry reward model: the policy's base + a scalar head + LoRA (``plumb train reward-model``)."""
 
-    DATA: ClassVar[str] = "pairs"
     DEFAULT_LR: ClassVar[float] = 1e-4
 
     method: str = "reward-model"
