@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
 from plumb.core.errors import PlumbError
 from plumb.core.records import Chat, ModelSpec, SamplingParams
+from tests.local_servers import JSONHandler, free_port, start_llama_server, wait_up
 
 CHATS = [Chat.from_user("Why is the sky blue?"), Chat.from_user("Tell me a story", system="Be brief.")]
 
@@ -127,32 +124,13 @@ def test_hf_batched_left_padding_matches_one_by_one(tiny_model_dir):
 # -- OpenAI-compatible HTTP against a real llama_cpp.server ------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def llama_server(tiny_gguf, tmp_path_factory):
     pytest.importorskip("uvicorn")
-    port = free_port()
     log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
-    with open(log_path, "wb") as log:  # a file, not a pipe: an unread pipe would fill and stall the server
-        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(tiny_gguf), "--host",
-                                 "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--logits_all", "true"],
-                                stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
+    proc, url = start_llama_server(tiny_gguf, log_path)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url + "/models", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    pytest.fail(f"llama_cpp.server did not start: {log_path.read_text(errors='replace')[-500:]}")
-                time.sleep(0.3)
+        wait_up(proc, url, log_path, 60)
         yield url
     finally:
         proc.terminate()
@@ -183,24 +161,11 @@ def test_openai_http_server_down():
 KEY = "sk-ant-test-SECRET-0123456789"
 
 
-class FakeAnthropic(BaseHTTPRequestHandler):
+class FakeAnthropic(JSONHandler):
     """Speaks POST /v1/messages. A user message containing OVERLOAD gets one 529 first; FAIL gets 400;
     MALFORMED gets a 200 that is not a message."""
 
     calls: list[dict] = []
-
-    def log_message(self, *args):  # keep test output clean
-        pass
-
-    def reply(self, status: int, body: dict, headers: dict | None = None):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from plumb.core.context import HookContext
 from plumb.core.records import ModelSpec, RunSpec
 from plumb.pipeline.train import rows_from_file
 from plumb.train import loop
+from tests.local_servers import free_port
 from tests.test_train import make_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,16 +83,10 @@ def test_two_ranks_follow_the_one_process_loss_curve_and_rank_0_alone_records(ti
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(script: list[str], tmp_path: Path, data: list[Path], **env: str) -> list[subprocess.Popen]:
     """Two ranks started by hand, as a launcher would start them but without its agent: nobody tears down the
     survivor of a dead rank but plumb itself."""
-    port = str(_free_port())
+    port = str(free_port())
     return [subprocess.Popen([sys.executable, *script, "--data", str(data[rank])], cwd=tmp_path,
                              env=_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                                       MASTER_PORT=port, **env),

@@ -5,44 +5,22 @@ real llama_cpp.server processes (results in input order, one server killed mid-r
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
 from plumb.core.errors import BackendUnavailable, PlumbError
 from plumb.core.records import Chat, ModelSpec, SamplingParams
 from plumb.serving.pool import Pool, ServerWarning, retry_after
+from tests.local_servers import JSONHandler, free_port, start_llama_server, wait_up
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Fake(BaseHTTPRequestHandler):
+class Fake(JSONHandler):
     """An OpenAI-compatible chat server. ``script`` is a list of statuses to answer first (then 200s, which
     echo the last user message); a status given as (code, headers) sends those headers. Once ``budget`` is 0 it
     drops the connection of the request and stops listening (a server that died)."""
-
-    def log_message(self, *args):
-        pass
-
-    def reply(self, status: int, body: dict, headers: dict | None = None):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self):
         self.reply(200, {"data": [{"id": "fake"}]})
@@ -182,37 +160,15 @@ def test_sample_stage_keeps_what_finished_and_a_rerun_tops_up(servers, workspace
 # -- pools of real llama_cpp.server processes ------------------------------------------------------
 
 
-def start_llama_server(gguf, log_path) -> tuple[subprocess.Popen, str]:
-    """``python -m llama_cpp.server`` on a free port, one thread; returns once it answers GET /v1/models."""
-    port = free_port()
-    with open(log_path, "wb") as log:  # a file, not a pipe: an unread pipe would fill and stall the server
-        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                                 "--port", str(port), "--n_ctx", "512", "--n_threads", "1", "--logits_all", "true"],
-                                stdout=log, stderr=subprocess.STDOUT)
-    return proc, f"http://127.0.0.1:{port}/v1"
-
-
-def wait_up(proc: subprocess.Popen, base: str, log_path) -> None:
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(base + "/models", timeout=1)
-            return
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"llama_cpp.server did not start: {log_path.read_text(errors='replace')[-500:]}")
-            time.sleep(0.3)
-
-
 @pytest.fixture(scope="module")
 def two_llama_servers(tiny_gguf, tmp_path_factory):
     """Two servers for the module's tests; the last test kills the second one."""
     pytest.importorskip("uvicorn")
     logs = tmp_path_factory.mktemp("llama-servers")
-    procs = [start_llama_server(tiny_gguf, logs / f"server{i}.log") for i in range(2)]
+    procs = [start_llama_server(tiny_gguf, logs / f"server{i}.log", "--n_threads", "1") for i in range(2)]
     try:
         for i, (proc, base) in enumerate(procs):
-            wait_up(proc, base, logs / f"server{i}.log")
+            wait_up(proc, base, logs / f"server{i}.log", 90)
         yield procs
     finally:
         for proc, _ in procs:

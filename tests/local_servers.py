@@ -1,0 +1,61 @@
+"""Local servers the tests talk to over real sockets on 127.0.0.1: a free port, a JSON reply for fake
+HTTP APIs, and ``python -m llama_cpp.server`` started on a GGUF and waited for."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class JSONHandler(BaseHTTPRequestHandler):
+    """A fake HTTP API's handler: quiet, and ``reply`` sends a JSON body with optional extra headers."""
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def reply(self, status: int, body: dict, headers: dict | None = None):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def start_llama_server(gguf, log_path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """``python -m llama_cpp.server`` on a free port (``extra``: more of its flags); returns the process and
+    its base URL at once (``wait_up`` waits for it)."""
+    port = free_port()
+    with open(log_path, "wb") as log:  # a file, not a pipe: an unread pipe would fill and stall the server
+        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+                                 "--port", str(port), "--n_ctx", "512", *extra, "--logits_all", "true"],
+                                stdout=log, stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+def wait_up(proc: subprocess.Popen, base: str, log_path, seconds: float) -> None:
+    """Until the server answers GET /models; fails the test with its log's tail if it dies or takes longer."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(base + "/models", timeout=1)
+            return
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"llama_cpp.server did not start: {log_path.read_text(errors='replace')[-500:]}")
+            time.sleep(0.3)
