@@ -313,11 +313,9 @@ class Run:
                            "gguf": gguf, "trained": t})
             self.emit(Event("progress", stage="choose", step=k, total=len(found)))
         keeps = [c for c in scored if not c["kept"].n or c["kept"].value >= KEEP]
-        best = keeps[0] if keeps else scored[0]
-        for c in keeps or scored:  # strictly better only: the earliest of equals stays
-            if (c["checks"] > best["checks"]) if keeps else ((c["kept"].value, c["checks"]) >
-                                                            (best["kept"].value, best["checks"])):
-                best = c
+        # max() keeps the first of equals: the earliest checkpoint
+        best = (max(keeps, key=lambda c: c["checks"]) if keeps
+                else max(scored, key=lambda c: (c["kept"].value, c["checks"])))
         choice = {"chosen": best["name"], "dev_checks": {c["name"]: c["checks"][0] for c in scored},
                   "dev_checks_base": dev.checks["base"],
                   "dev_facts_kept": {c["name"]: c["kept"].to_dict() for c in scored},
