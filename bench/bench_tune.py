@@ -20,7 +20,9 @@ each sentence, unless the name ends in ``-whole``:
     sft              best-of-k rejection sampling, SFT on each prompt's best candidate
     grpo             GRPO with the checks as rewards (llama.cpp rollouts)
     dpo-rounds       dpo, up to 3 on-policy rounds (sample with the adapter so far, rank, train on)
-    sft-rounds       sft, up to 3 on-policy rounds (plumb tune's default)
+    sft-rounds       sft, up to 3 on-policy rounds (plumb tune's default: the words anchored to the base by KL)
+    sft-rounds-free  sft-rounds without the KL anchor (--anchor 0)
+    sft-rounds-light sft-rounds with a lighter KL anchor (--anchor 0.3)
     sft-rounds-whole sft-rounds on the sampled answers only (no cuts)
     dpo-rounds-whole dpo-rounds on the sampled answers only
 """
@@ -43,6 +45,8 @@ VARIANTS = {
     "grpo": ["--method", "grpo"],
     "dpo-rounds": ["--method", "dpo", "--rounds", "3"],
     "sft-rounds": ["--method", "sft", "--rounds", "3"],
+    "sft-rounds-free": ["--method", "sft", "--rounds", "3", "--anchor", "0"],
+    "sft-rounds-light": ["--method", "sft", "--rounds", "3", "--anchor", "0.3"],
     "sft-rounds-whole": ["--method", "sft", "--rounds", "3", "--no-prefixes"],
     "dpo-rounds-whole": ["--method", "dpo", "--rounds", "3", "--no-prefixes"],
 }

@@ -108,3 +108,15 @@ def test_sft_content_weight_puts_the_loss_on_each_answers_end():
     tok.requires_grad_(True)
     losses.sft_loss(tok, owner, 0.1).backward()
     assert tok.grad[2] == pytest.approx(10 * tok.grad[0]) and tok.grad[4] == pytest.approx(10 * tok.grad[3])
+
+
+def test_sft_anchor_adds_the_kl_of_the_words_before_each_end():
+    tok = t(-1.0, -2.0, -3.0, -4.0, -5.0)
+    owner = torch.tensor([0, 0, 0, 1, 1])
+    kl = t(0.5, 1.0, 9.0, 2.0, 9.0)  # an answer's last token's KL (9) is left out: only the end moves freely
+    # (0.1*(1+2+4) + 3 + 5 + 2*(0.5+1+2)) / (0.1*3 + 2): the same weights in the mean
+    assert losses.sft_loss(tok, owner, 0.1, kl, 2.0).item() == pytest.approx((0.7 + 8 + 7) / 2.3)
+    assert losses.sft_loss(tok, owner, 0.1, kl, 0.0).item() == pytest.approx((0.7 + 8) / 2.3)
+    kl.requires_grad_(True)
+    losses.sft_loss(tok, owner, 0.1, kl, 2.0).backward()
+    assert kl.grad[2] == 0 and kl.grad[4] == 0 and kl.grad[0] == pytest.approx(2.0 / 2.3)

@@ -137,6 +137,28 @@ def test_head_logps_matches_autograd_through_full_logits():
     assert torch.allclose(g_fused, g_naive, atol=1e-5)
 
 
+def test_head_logps_kl_matches_autograd_through_full_logits():
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    ref_hidden = torch.randn(37, 16, dtype=torch.float64)
+    weight, labels = torch.randn(50, 16, dtype=torch.float64), torch.randint(0, 50, (37,))
+    tok, kl = logps.HeadLogpsKL.apply(hidden, ref_hidden, weight, labels, 8)
+    lp, lq = (hidden @ weight.T).log_softmax(-1), (ref_hidden @ weight.T).log_softmax(-1)
+    naive_tok = lp.gather(-1, labels[:, None]).squeeze(-1)
+    naive_kl = (lq.exp() * (lq - lp)).sum(-1)
+    assert torch.allclose(tok, naive_tok.float(), atol=1e-5) and torch.allclose(kl, naive_kl.float(), atol=1e-5)
+    assert (kl >= 0).all()
+    w, v = torch.randn(37, dtype=torch.float64), torch.randn(37, dtype=torch.float64)
+    (g_fused,) = torch.autograd.grad((tok * w).sum() + (kl * v).sum(), hidden)
+    (g_naive,) = torch.autograd.grad((naive_tok * w).sum() + (naive_kl * v).sum(), hidden)
+    assert torch.allclose(g_fused, g_naive, atol=1e-5)
+    # at the reference itself the KL is 0 and so is its gradient
+    same = hidden.detach().clone().requires_grad_(True)
+    _, kl0 = logps.HeadLogpsKL.apply(same, same.detach(), weight, labels, 8)
+    (g0,) = torch.autograd.grad(kl0.sum(), same)
+    assert kl0.abs().max() < 1e-6 and g0.abs().max() < 1e-6
+
+
 def test_truncation_drops_and_bad_rows_are_counted(policy):
     _, tok = policy
     long_prompt = " ".join(["water fire earth air"] * 40)
@@ -213,6 +235,34 @@ def test_sft_lowers_heldout_nll(tiny_model_dir, tmp_path):
     _, steps = run_method(tiny_model_dir, tmp_path, "sft", 12, make_pairs(32, 0), held, eval_every=1)
     assert steps[-1]["loss"] < 0.5 * steps[0]["loss"]
     assert steps[-1]["eval/loss"] < 0.5 * steps[0]["eval/loss"]
+
+
+def _end_and_words(model, tok, rows):
+    """(mean log-prob of each answer's last token, mean KL(base || model) over the tokens before it)."""
+    ex = data.prepare(rows, tok, "sft", 512).examples
+    batch = data.collate([(e.prompt, e.answers[0]) for e in ex], tok.pad_token_id)
+    model.eval()
+    with torch.no_grad():
+        logp, owner, kl = logps.completion_logps_kl(model, batch)
+    last = torch.ones_like(owner, dtype=torch.bool)
+    last[:-1] = owner[1:] != owner[:-1]
+    return float(logp[last].mean()), float(kl[~last].mean())
+
+
+def test_sft_anchor_moves_the_end_and_keeps_the_words(tiny_model_dir, tmp_path):
+    pairs, held = make_pairs(32, 0), as_rows(make_pairs(8, 1), "sft")
+    runs = {}
+    for anchor in (0.0, 1.0):
+        model, tok = loop.load_policy(str(tiny_model_dir), TrainConfig(), "cpu")
+        before = _end_and_words(model, tok, held)
+        _, steps = run_method(tiny_model_dir, tmp_path / str(anchor), "sft", 12, pairs, held, policy=(model, tok),
+                              content_weight=0.1, anchor=anchor)
+        runs[anchor] = (before, _end_and_words(model, tok, held), steps)
+    (end0, kl0), (end_free, kl_free), free = runs[0.0]
+    _, (end_anchored, kl_anchored), anchored = runs[1.0]
+    assert kl0 < 1e-6 and "kl" in anchored[-1] and "kl" not in free[-1]
+    assert end_free > end0 + 1.0 and end_anchored > end0 + 1.0  # both learn where the answers end
+    assert kl_anchored < 0.5 * kl_free  # the anchored one's words stay much nearer the base's
 
 
 def test_time_limit_stops_with_a_checkpoint_and_init_adapter_continues(tiny_model_dir, tmp_path):

@@ -25,6 +25,9 @@ from plumb.pipeline.learn import DEFAULT_METHOD, DEFAULT_ROUNDS, METHODS
                    f"{DEFAULT_ROUNDS} for sft and dpo; grpo samples on-policy every step).")
 @click.option("--prefixes/--no-prefixes", default=True, show_default=True,
               help="Rank each sampled answer cut after each of its sentences as a candidate too.")
+@click.option("--anchor", type=click.FloatRange(0),
+              help="sft: the weight of the KL to the base model on each answer's words, so the style moves and "
+                   "what it says stays (default 1.0; 0: off).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="The workspace and report directory (default: -w's workspace, else ./tune; a rerun continues "
                    "where it stopped).")
@@ -33,8 +36,8 @@ from plumb.pipeline.learn import DEFAULT_METHOD, DEFAULT_ROUNDS, METHODS
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print report.json.")
 @click.pass_context
-def tune(ctx, constitution, model, train_model, judge, critic, method, rounds, prefixes, out_dir, budget_minutes, seed,
-         as_json) -> None:
+def tune(ctx, constitution, model, train_model, judge, critic, method, rounds, prefixes, anchor, out_dir,
+         budget_minutes, seed, as_json) -> None:
     """Tune a model toward a constitution from answers it samples, ranked by the constitution, and measure it.
 
     \b
@@ -53,7 +56,7 @@ def tune(ctx, constitution, model, train_model, judge, critic, method, rounds, p
 
     directory = out_dir or (ctx.find_root().obj or {}).get("workspace") or "tune"
     opts = TuneOptions(constitution, model, train_model, judge, critic, method, rounds, budget_minutes, seed=seed,
-                       prefixes=prefixes)
+                       prefixes=prefixes, anchor=anchor)
     with Progress(quiet=as_json) as show, \
             open_session(directory, create=True, constitution=constitution or "concise-writer") as session:
         out = run(session, opts, show)

@@ -83,7 +83,7 @@ def answers_of(store: Store, model: str, prompt_ids: list[int]) -> list[dict[str
     return [dict(r) for r in rows] + [dict(r) for r in revised]
 
 
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)|\n")
+SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)|\n")
 MIN_CUT_WORDS = 4  # shorter cuts are fragments ("1.", "Dr."), not answers
 
 
@@ -92,7 +92,7 @@ def prefixes(text: str) -> list[str]:
     places the answer could have stopped (from ``MIN_CUT_WORDS`` words on; not after a lead-in line)."""
     body = text.rstrip()
     cuts = []
-    for m in _SENTENCE_END.finditer(body):
+    for m in SENTENCE_END.finditer(body):
         cut = body[:m.end()].rstrip()
         if (len(cut.split()) >= MIN_CUT_WORDS and len(cut) < len(body) and not cut.endswith((":", ","))
                 and (not cuts or cut != cuts[-1])):  # a line ending in ':' or ',' leads into what follows

@@ -4,7 +4,9 @@ Short questions with known answers (capitals, counts, everyday facts) are answer
 base and tuned from one loaded model (the compare stage). An answer is right when it contains
 one of the accepted answers (or its plural) as a whole word. The tax is measured on the
 questions the base answers right: the share the tuned model still answers right (``kept``, at
-least 0.95 to pass), with its 95% interval.
+least 0.95 to pass), with its 95% interval. ``said_first`` is the same share over the questions
+whose answer the base gives in its first sentence: a style that shortens answers can keep those,
+while a fact the base only reaches later is lost with the words around it.
 
 Two sets that share no question: ``probe`` (``plumb/data/probe_questions.jsonl``) is the
 held-out measure the report gives; ``probe-dev`` (``probe_dev_questions.jsonl``) is what
@@ -22,6 +24,7 @@ from typing import Any
 
 from plumb.core.records import EventSink, SamplingParams
 from plumb.pipeline.compare import CompareOptions, compare
+from plumb.pipeline.learn import SENTENCE_END
 from plumb.pipeline.session import Session
 from plumb.pipeline.stats import Rate
 
@@ -35,6 +38,7 @@ class Probe:
     base_right: int = 0
     tuned_right: int = 0
     kept: Rate = field(default_factory=lambda: Rate(0, 0))  # of those the base got right, the tuned still right
+    said_first: Rate = field(default_factory=lambda: Rate(0, 0))  # the same, of those the base said first
     lost: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -43,13 +47,20 @@ class Probe:
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "base_right": self.base_right, "tuned_right": self.tuned_right,
-                "kept": self.kept.to_dict(), "threshold": KEEP, "ok": self.ok, "lost": self.lost}
+                "kept": self.kept.to_dict(),
+                "said_first": self.said_first.to_dict(), "threshold": KEEP, "ok": self.ok, "lost": self.lost}
 
 
 def right(answer: str, accepted: list[str]) -> bool:
     """Whether ``answer`` holds an accepted answer, or its plural, as a whole word."""
     forms = [re.escape(a) + "(?:s|es)?" + (f"|{re.escape(a[:-1])}ies" if a.endswith("y") else "") for a in accepted]
     return any(re.search(rf"(?<!\w)(?:{f})(?!\w)", answer, re.IGNORECASE) for f in forms)
+
+
+def first_sentence(text: str) -> str:
+    body = text.strip()
+    end = SENTENCE_END.search(body)
+    return body[:end.end()].rstrip() if end else body
 
 
 def _questions(session: Session, split: str) -> dict[int, list[str]]:
@@ -72,7 +83,7 @@ def probe(session: Session, base_gguf: str, adapter_gguf: str, constitution: str
     result = compare(session, CompareOptions(base_gguf, adapter_gguf, split=split, params=params,
                                              constitution=constitution, limit=limit), sink)
     out = Probe(n=len(result.rows))
-    kept = 0
+    kept, first, first_kept = 0, 0, 0
     for row in result.rows:
         accept = accepted[row.prompt_id]
         base_ok, tuned_ok = right(row.base, accept), right(row.tuned, accept)
@@ -80,7 +91,10 @@ def probe(session: Session, base_gguf: str, adapter_gguf: str, constitution: str
         out.tuned_right += tuned_ok
         if base_ok:
             kept += tuned_ok
+            said_first = right(first_sentence(row.base), accept)
+            first, first_kept = first + said_first, first_kept + (said_first and tuned_ok)
             if not tuned_ok:
-                out.lost.append({"question": row.prompt, "base": row.base, "tuned": row.tuned})
-    out.kept = Rate(kept, out.base_right)
+                out.lost.append({"question": row.prompt, "base": row.base, "tuned": row.tuned,
+                                 "base_said_first": said_first})
+    out.kept, out.said_first = Rate(kept, out.base_right), Rate(first_kept, first)
     return out

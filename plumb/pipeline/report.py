@@ -158,7 +158,9 @@ def _markdown(report: dict[str, Any], const: Any, result: Any, charts: list[Path
         lines += [f"Alignment-tax probe: {tax['n']} short questions with known answers; the base answers "
                   f"{tax['base_right']} right, the tuned model keeps {_pct(tax['kept'])} of those "
                   f"({'ok' if tax['ok'] else 'below'} the {tax['threshold']:.0%} bar); tuned right overall "
-                  f"{tax['tuned_right']}.", ""]
+                  f"{tax['tuned_right']}."
+                  + (f" Of the {tax['said_first']['n']} the base says in its first sentence, the tuned keeps "
+                     f"{_pct(tax['said_first'])}." if tax.get("said_first", {}).get("n") else ""), ""]
     win = report["eval"]["win_rate"]
     if win:
         lines += [f"Judge ({win['judge']}) prefers tuned over base: {win['rate']:.0%} (95% CI {win['lo']:.0%}-"

@@ -84,6 +84,7 @@ class TuneOptions:
     sizes: Sizes | None = None  # explicit sizes (tests); default: Sizes.for_budget(budget_minutes)
     prefixes: bool = True  # each sampled answer cut after each sentence is a candidate too (pipeline.learn)
     lr: float | None = None  # default: the method's (LR below)
+    anchor: float | None = None  # sft: the weight of KL(base || tuned) on the words (tune_stages.STOP); 0: off
     seed: int = 0
     isolate: bool = True
 

@@ -37,8 +37,10 @@ EPOCHS = {"dpo": 2.0, "sft": 3.0}  # at most: more passes over the same few rows
 # on the starter 5.9 GB -> 2.5 GB (bench/RESULTS.md), for ~30% more time per step
 MEMORY = {"lora_dropout": 0.0, "gradient_checkpointing": True}
 # sft: the end-of-answer token weighs 1 and the words before it 0.1: tuning a style teaches the model where
-# to stop (the cuts) far more than new words, so what it knows stays (the alignment-tax probe, bench/RESULTS.md)
-STOP = {"sft": {"content_weight": 0.1}}
+# to stop (the cuts) far more than new words, and + anchor * KL(base || tuned) over the vocabulary at each word
+# before the end (the base is the adapter switched off) keeps those words the base's, so what it knows stays (the
+# alignment-tax probe, bench/RESULTS.md); --anchor sets it
+STOP = {"sft": {"content_weight": 0.1, "anchor": 1.0}}
 # a round whose samples from the adapter so far already score this well stops the rounds: on plain-speaker a
 # third round moved the checks little and cost facts the first two kept (bench/RESULTS.md)
 SATURATED = 0.95
@@ -252,6 +254,8 @@ class Run:
                   "checkpoint_every": max(1, math.ceil(steps * self.opts.rounds / candidates(self.sizes, self.opts.rounds)))}
         if method == "dpo":
             config.update(beta=0.1, rpo_alpha=1.0)
+        if method == "sft" and self.opts.anchor is not None:
+            config["anchor"] = self.opts.anchor
         if init is not None:
             config["init_adapter"] = init
         self.emit(Event("log", message=f"round {r + 1}: {method} on {len(rows)} rows for up to {seconds:.0f}s"))

@@ -78,6 +78,8 @@ class TrainConfig(BaseModel):
     rpo_alpha: float | None = Field(None, ge=0)  # dpo family: + alpha * NLL on chosen (RPO; TRL's rpo_alpha)
     content_weight: float = Field(1.0, gt=0, le=1)  # sft: the weight of an answer's tokens before its last
     # (the end-of-answer token weighs 1): below 1 teaches where to stop more than what to say
+    anchor: float = Field(0.0, ge=0)  # sft: + anchor * KL(base || policy) over the vocabulary at each of those
+    # tokens (the base is the model with the adapter off): the words stay the base's where only the end moves
     desirable_weight: float = Field(1.0, gt=0)  # kto
     undesirable_weight: float = Field(1.0, gt=0)  # kto
     max_length: int = Field(1024, ge=8)

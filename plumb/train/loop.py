@@ -40,7 +40,7 @@ import torch
 from plumb.core.errors import PlumbError
 from plumb.core.records import Event, RunResult, RunSpec
 from plumb.train import TrainConfig, checkpoint, data, losses
-from plumb.train.logps import completion_logps
+from plumb.train.logps import completion_logps, completion_logps_kl
 from plumb.train.runtime import (end_step, get_lr, nonfinite, oom_stop, optimizer_for, out_of_time, peak_memory_mb,
                                  policy as policy_of, resume, start, write_adapter)
 from plumb.train.runtime import load_policy  # noqa: F401  (bench/ loads its policy as loop.load_policy)
@@ -92,9 +92,13 @@ def batch_loss(model, examples, ref, cfg: TrainConfig, pad_id, device, autocast,
     if m == "sft":
         batch = _to(data.collate([(e.prompt, e.answers[0]) for e in examples], pad_id), device)
         with autocast():
-            _, _, tok, owner = completion_logps(model, batch)
-        loss = losses.sft_loss(tok.float(), owner, cfg.content_weight)
-        return loss, {"loss": loss.detach()}, batch["attention_mask"].sum()
+            if cfg.anchor:
+                tok, owner, kl = completion_logps_kl(model, batch)
+            else:
+                (_, _, tok, owner), kl = completion_logps(model, batch), None
+        loss = losses.sft_loss(tok.float(), owner, cfg.content_weight, kl, cfg.anchor)
+        stats = {"loss": loss.detach()} if kl is None else {"loss": loss.detach(), "kl": kl.detach().mean()}
+        return loss, stats, batch["attention_mask"].sum()
 
     batch = _to(data.collate([(e.prompt, e.answers[0]) for e in examples], pad_id) if m == "kto" else
                 pair_batch(model, examples, pad_id, cfg.shared_prompt), device)

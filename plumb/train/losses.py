@@ -104,14 +104,20 @@ def orpo_loss(
 
 
 def sft_loss(token_logps: torch.Tensor, owner: torch.Tensor | None = None,
-             content_weight: float = 1.0) -> torch.Tensor:
+             content_weight: float = 1.0, kl: torch.Tensor | None = None, anchor: float = 0.0) -> torch.Tensor:
     """Weighted mean negative log-likelihood over the answer tokens of a batch (prompt and
     padding are already left out by the caller; ``owner`` says which row each token is of).
     Each answer's last token (the end of answer) weighs 1, the tokens before it
-    ``content_weight``: below 1 the loss is mostly about where the answer stops."""
-    if content_weight == 1.0 or owner is None:
+    ``content_weight``: below 1 the loss is mostly about where the answer stops. With ``kl``
+    (per token, ``KL(reference || policy)``) each token before an answer's last adds
+    ``anchor * kl``, so the words stay the reference's while the end moves; the mean is over
+    the same weights either way."""
+    if owner is None or (content_weight == 1.0 and kl is None):
         return -token_logps.mean()
     last = torch.ones_like(owner, dtype=torch.bool)
     last[:-1] = owner[1:] != owner[:-1]
     weights = torch.where(last, 1.0, content_weight).to(token_logps.dtype)
-    return -(weights * token_logps).sum() / weights.sum()
+    per = -weights * token_logps
+    if kl is not None and anchor:
+        per = per + torch.where(last, 0.0, anchor * kl)
+    return per.sum() / weights.sum()
