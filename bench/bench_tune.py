@@ -11,7 +11,7 @@ one's budget). While it runs, the resident memory of the whole process tree (the
 child, anything they start) is sampled every 0.2 s: the peak of that sum is the run's peak memory.
 From each run's report.json it prints, per variant and constitution: the held-out pooled pass rate
 of the checks base -> tuned with 95% intervals, the difference with its paired interval, each
-principle's rates, mean words, distinct-2, the share of degenerate answers, the alignment-tax
+principle's rates, mean words, distinct-2 (also length-matched), the share of degenerate answers, the alignment-tax
 probe, the seconds per stage, wall time and peak memory. Everything goes to --out/results.json.
 
 Variants (``--variants``); the candidates of sft and dpo are each sampled answer and its cuts after
@@ -22,7 +22,7 @@ each sentence, unless the name ends in ``-whole``:
     dpo-rounds       dpo, up to 3 on-policy rounds (sample with the adapter so far, rank, train on)
     sft-rounds       sft, up to 3 on-policy rounds (plumb tune's default: the words anchored to the base by KL)
     sft-rounds-free  sft-rounds without the KL anchor (--anchor 0)
-    sft-rounds-light sft-rounds with a lighter KL anchor (--anchor 0.3)
+    sft-rounds-strong sft-rounds with a stronger KL anchor (--anchor 1; the default is 0.3)
     sft-rounds-whole sft-rounds on the sampled answers only (no cuts)
     dpo-rounds-whole dpo-rounds on the sampled answers only
 """
@@ -46,7 +46,7 @@ VARIANTS = {
     "dpo-rounds": ["--method", "dpo", "--rounds", "3"],
     "sft-rounds": ["--method", "sft", "--rounds", "3"],
     "sft-rounds-free": ["--method", "sft", "--rounds", "3", "--anchor", "0"],
-    "sft-rounds-light": ["--method", "sft", "--rounds", "3", "--anchor", "0.3"],
+    "sft-rounds-strong": ["--method", "sft", "--rounds", "3", "--anchor", "1"],
     "sft-rounds-whole": ["--method", "sft", "--rounds", "3", "--no-prefixes"],
     "dpo-rounds-whole": ["--method", "dpo", "--rounds", "3", "--no-prefixes"],
 }
@@ -125,12 +125,15 @@ def show(row: dict) -> str:
     rep = row["report"]
     ev = rep["eval"]
     b, t, d = ev["base"], ev["tuned"], ev.get("difference") or {}
-    probe = rep["probe"]["kept"]
+    probe, first = rep["probe"]["kept"], rep["probe"].get("said_first") or {}
+    m = ev.get("distinct2_matched") or {}
     lines = [f"{head}  checks {_rate(b['checks']['all'])} -> {_rate(t['checks']['all'])}  "
              f"diff {d.get('diff', 0):+.0%} [{d.get('lo', 0):+.0%},{d.get('hi', 0):+.0%}]  "
-             f"words {b['mean_words']} -> {t['mean_words']}  distinct-2 {b['distinct2']:.2f} -> {t['distinct2']:.2f}  "
-             f"degenerate {b['degenerate']:.0%} -> {t['degenerate']:.0%}  facts kept {probe['k']}/{probe['n']}  "
-             f"wall {row['wall_s']:.0f}s  peak {row['peak_mb']} MB"]
+             f"words {b['mean_words']} -> {t['mean_words']}  distinct-2 {b['distinct2']:.2f} -> {t['distinct2']:.2f}"
+             + (f" (length-matched {m['base']:.2f} -> {m['tuned']:.2f})" if m else "")
+             + f"  degenerate {b['degenerate']:.0%} -> {t['degenerate']:.0%}  facts kept {probe['k']}/{probe['n']}"
+             + (f" (said first {first['k']}/{first['n']})" if first else "")
+             + f"  wall {row['wall_s']:.0f}s  peak {row['peak_mb']} MB"]
     lines.append("    per principle: " + "; ".join(
         f"{k} {b['checks'][k]['rate']:.0%}->{t['checks'][k]['rate']:.0%}" for k in b["checks"] if k != "all"))
     lines.append("    seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in rep["timings_s"].items())

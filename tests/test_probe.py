@@ -38,3 +38,16 @@ def test_probe_counts_what_is_kept_and_what_the_base_said_first(monkeypatch):
     assert (out.said_first.k, out.said_first.n) == (1, 2)
     assert [(x["question"], x["base_said_first"]) for x in out.lost] == [("q1", False), ("q2", True)]
     assert out.to_dict()["said_first"]["n"] == 2
+
+
+def test_length_matched_distinct2_counts_the_same_bigrams_on_both_sides():
+    from plumb.pipeline.evaluate import distinct2, distinct2_matched
+
+    base = ["the cat sat on the mat and the cat sat on the mat again", "a dog ran far away from the dog"]
+    tuned = ["the cat sat down.", "a dog ran."]
+    assert distinct2(tuned) > distinct2(base)  # shorter answers repeat fewer bigrams: pooled distinct-2 rises
+    m = distinct2_matched(list(zip(base, tuned)))
+    # cut to 4 and 3 words: base "the cat sat on" + "a dog ran", tuned "the cat sat down." + "a dog ran."
+    assert m == {"base": 1.0, "tuned": 1.0}
+    looped = distinct2_matched([("one two three four", "one two one two")])
+    assert looped["tuned"] < looped["base"]  # a loop still shows at equal length

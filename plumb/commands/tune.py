@@ -27,7 +27,7 @@ from plumb.pipeline.learn import DEFAULT_METHOD, DEFAULT_ROUNDS, METHODS
               help="Rank each sampled answer cut after each of its sentences as a candidate too.")
 @click.option("--anchor", type=click.FloatRange(0),
               help="sft: the weight of the KL to the base model on each answer's words, so the style moves and "
-                   "what it says stays (default 1.0; 0: off).")
+                   "what it says stays (default 0.3; 0: off).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="The workspace and report directory (default: -w's workspace, else ./tune; a rerun continues "
                    "where it stopped).")

@@ -8,7 +8,10 @@ Answers come from the compare stage (one loaded GGUF, the LoRA at scale 0 and
 * the AI judge's win rate of tuned over base (each pair judged in both orders;
   a tie or an inconsistent verdict counts half), when a judge is given;
 * mean length in words, and distinct-2 (distinct word bigrams over all
-  bigrams of a side: a collapse into repeated phrasing shows as a drop);
+  bigrams of a side: a collapse into repeated phrasing shows as a drop). Over
+  all bigrams it rises when answers shorten (fewer words, fewer chances to
+  repeat one), so it is also given length-matched: each prompt's two answers
+  cut to the shorter one's word count, so both sides count the same bigrams;
 * the answers side by side, for the report.
 """
 
@@ -56,6 +59,7 @@ class Evaluation:
     base: Side
     tuned: Side
     win: dict[str, Any] = field(default_factory=dict)  # wins, losses, ties, n, rate, lo, hi; {} without a judge
+    distinct2_matched: dict[str, float] = field(default_factory=dict)  # base, tuned: each pair cut to equal words
     examples: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -65,12 +69,19 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "base": self.base.to_dict(), "tuned": self.tuned.to_dict(), "win_rate": self.win,
-                "difference": self.difference, "examples": self.examples}
+                "difference": self.difference, "distinct2_matched": self.distinct2_matched,
+                "examples": self.examples}
 
 
 def distinct2(texts: list[str]) -> float:
     grams = [tuple(w[i:i + 2]) for w in (t.lower().split() for t in texts) for i in range(len(w) - 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def distinct2_matched(pairs: list[tuple[str, str]]) -> dict[str, float]:
+    """Distinct-2 of each side with each pair's answers cut to the shorter one's word count."""
+    cut = [(a.split()[:n], b.split()[:n]) for a, b in pairs for n in [min(len(a.split()), len(b.split()))]]
+    return {side: round(distinct2([" ".join(c[i]) for c in cut]), 4) for i, side in enumerate(("base", "tuned"))}
 
 
 def degenerate(text: str, share: float = 0.3) -> bool:
@@ -118,7 +129,8 @@ def evaluate(session: Session, opts: EvalOptions, sink: EventSink | None = None)
     rows = result.rows
     out = Evaluation(len(rows), measure(session, const, [r.base for r in rows]),
                      measure(session, const, [r.tuned for r in rows]),
-                     examples=[asdict(r) for r in rows])
+                     examples=[asdict(r) for r in rows],
+                     distinct2_matched=distinct2_matched([(r.base, r.tuned) for r in rows]))
     if opts.judge and rows:
         out.win = _win_rate(session, const, opts, rows, emit)
     return out

@@ -119,8 +119,9 @@ def _pct(rate: dict[str, Any] | None) -> str:
 def _choice_line(choice: dict[str, Any]) -> str:
     if not choice["dev_checks"]:
         return f"Checkpoint {choice['chosen']}: the only one."
-    kept = choice.get("dev_facts_kept", {})
+    kept, first = choice.get("dev_facts_kept", {}), choice.get("dev_facts_said_first_kept", {})
     each = "; ".join(f"{k}: checks {v:.0%}" + (f", facts kept {_pct(kept[k])}" if k in kept else "")
+                     + (f" (said first {_pct(first[k])})" if k in first else "")
                      for k, v in choice["dev_checks"].items())
     return (f"Checkpoint **{choice['chosen']}**, {choice.get('why', 'the most dev checks passed')} (dev prompts "
             f"and dev probe; base checks {choice['dev_checks_base']:.0%}): {each}.")
@@ -148,6 +149,8 @@ def _markdown(report: dict[str, Any], const: Any, result: Any, charts: list[Path
         lines.append(f"| checks: {key} | {_pct(ev['base']['checks'][key])} | {_pct(ev['tuned']['checks'][key])} |")
     lines += [f"| mean words | {ev['base']['mean_words']} | {ev['tuned']['mean_words']} |",
               f"| distinct-2 | {ev['base']['distinct2']:.3f} | {ev['tuned']['distinct2']:.3f} |",
+              *([f"| distinct-2, length-matched | {m['base']:.3f} | {m['tuned']:.3f} |"]
+                if (m := ev.get("distinct2_matched")) else []),
               f"| degenerate answers | {ev['base']['degenerate']:.0%} | {ev['tuned']['degenerate']:.0%} |", ""]
     d = ev.get("difference")
     if d:

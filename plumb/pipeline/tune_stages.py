@@ -40,7 +40,7 @@ MEMORY = {"lora_dropout": 0.0, "gradient_checkpointing": True}
 # to stop (the cuts) far more than new words, and + anchor * KL(base || tuned) over the vocabulary at each word
 # before the end (the base is the adapter switched off) keeps those words the base's, so what it knows stays (the
 # alignment-tax probe, bench/RESULTS.md); --anchor sets it
-STOP = {"sft": {"content_weight": 0.1, "anchor": 1.0}}
+STOP = {"sft": {"content_weight": 0.1, "anchor": 0.3}}
 # a round whose samples from the adapter so far already score this well stops the rounds: on plain-speaker a
 # third round moved the checks little and cost facts the first two kept (bench/RESULTS.md)
 SATURATED = 0.95
@@ -289,9 +289,12 @@ class Run:
     def choose(self) -> tuple[Path, dict[str, Any], Trained]:
         """Every round's checkpoints as GGUF LoRAs, each scored on the dev prompts by the checks and on the
         dev probe (facts the base knows, not the questions the report's probe asks). The best by the checks
-        among those keeping at least ``probe.KEEP`` of the facts ships, the earliest among equals (less
-        drift for the same score); when none keeps that many, the one keeping the most. Returns its GGUF,
-        the choice and its training run."""
+        among those keeping at least ``probe.KEEP`` of the facts the base says in its first sentence ships,
+        the earliest among equals (less drift for the same score); when none keeps that many, the one keeping
+        the most. (A fact the base only reaches after its first sentence is lost by any style that shortens
+        answers, at every checkpoint alike: on the starter that alone put every checkpoint under the bar and
+        made the choice a coin toss between 1-2 facts, bench/RESULTS.md.) Returns its GGUF, the choice and
+        its training run."""
         from plumb.train import checkpoint
 
         found = [(t, c) for t in self.trained for c in checkpoint.checkpoints(t.out_dir)]
@@ -311,21 +314,23 @@ class Run:
             dev = compare(self.session, CompareOptions(self.base_gguf, str(gguf), split="dev", params=params,
                                                        constitution=self.opts.constitution,
                                                        limit=self.sizes.dev_prompts))
-            kept = probe(self.session, self.base_gguf, str(gguf), self.opts.constitution,
-                         limit=self.sizes.probe_questions, split="probe-dev").kept
-            scored.append({"name": name, "checks": (dev.checks["tuned"], dev.scores["tuned"]), "kept": kept,
-                           "gguf": gguf, "trained": t})
+            facts = probe(self.session, self.base_gguf, str(gguf), self.opts.constitution,
+                          limit=self.sizes.probe_questions, split="probe-dev")
+            scored.append({"name": name, "checks": (dev.checks["tuned"], dev.scores["tuned"]), "kept": facts.kept,
+                           "first": facts.said_first, "gguf": gguf, "trained": t})
             self.emit(Event("progress", stage="choose", step=k, total=len(found)))
-        keeps = [c for c in scored if not c["kept"].n or c["kept"].value >= KEEP]
+        keeps = [c for c in scored if not c["first"].n or c["first"].value >= KEEP]
         # max() keeps the first of equals: the earliest checkpoint
         best = (max(keeps, key=lambda c: c["checks"]) if keeps
-                else max(scored, key=lambda c: (c["kept"].value, c["checks"])))
+                else max(scored, key=lambda c: (c["first"].value, c["checks"])))
         choice = {"chosen": best["name"], "dev_checks": {c["name"]: c["checks"][0] for c in scored},
                   "dev_checks_base": dev.checks["base"],
                   "dev_facts_kept": {c["name"]: c["kept"].to_dict() for c in scored},
+                  "dev_facts_said_first_kept": {c["name"]: c["first"].to_dict() for c in scored},
                   "why": ("the most dev checks passed among the checkpoints keeping at least "
-                          f"{KEEP:.0%} of the dev probe's facts" if keeps else
-                          f"no checkpoint kept {KEEP:.0%} of the dev probe's facts: the one keeping the most")}
+                          f"{KEEP:.0%} of the dev probe's facts the base says first" if keeps else
+                          f"no checkpoint kept {KEEP:.0%} of the dev probe's facts the base says first: the one "
+                          "keeping the most")}
         return best["gguf"], choice, best["trained"]
 
     # -- 9. evaluate -----------------------------------------------------------------------------
