@@ -158,6 +158,7 @@ def test_token_weights_aggregate_as_named():
     seq = grpo.token_weights(lengths, "grpo", 8)
     assert [w * n for w, n in zip(seq, lengths)] == pytest.approx([0.5, 0.5])  # a mean of per-answer means
     assert grpo.token_weights(lengths, "dr_grpo", 8) == pytest.approx([1 / 16, 1 / 16])
+    assert all(grpo.token_weights([], t, 8) == [] for t in ("dapo", "grpo", "dr_grpo"))  # a step with nothing kept
 
 
 def test_answers_sharing_their_prompt_give_the_same_log_probs(flat_model):

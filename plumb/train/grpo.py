@@ -94,6 +94,8 @@ def token_weights(lengths: list[int], loss_type: str, max_len: int) -> list[floa
     """Per row, the weight of each of its tokens in the step's loss: ``dapo`` 1 / tokens in the step,
     ``grpo`` 1 / (row length x rows), ``dr_grpo`` 1 / (rows x max_completion_length)."""
     rows, tokens = len(lengths), sum(lengths)
+    if not rows:  # nothing kept this step
+        return []
     if loss_type == "dapo":
         return [1.0 / tokens] * rows
     if loss_type == "grpo":
