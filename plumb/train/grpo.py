@@ -22,7 +22,9 @@ log-probs before the step's first update, so the ratio is exact whatever
 sampled the tokens; the sampler/trainer gap is measured and reported apart.
 Checkpoints, resume, the NaN and OOM stops and the lr schedule are every
 loop's (``runtime.py``, ``checkpoint.py``); held-out evaluation, the best
-checkpoint and the report are in ``grpo_eval.py``.
+checkpoint and the report are in ``grpo_eval.py``. Under torchrun each rank
+samples, scores and trains on its share of a step's groups and every rank
+sees the whole step's rewards (``distributed.py``).
 
 Defaults for a 2-core CPU, and why
 ----------------------------------
