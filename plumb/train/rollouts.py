@@ -14,10 +14,10 @@ chat template, completion ids with EOS appended when the answer stopped):
   every policy update the LoRA is exported to ``OUT/adapter-step-N.gguf`` (a new
   path each time: llama.cpp caches adapters by path; the older files are
   deleted; under torchrun each rank exports its own, rank R > 0 into
-  ``OUT/.rank-R/``) and swapped in on top of the base GGUF. llama.cpp returns text, so
-  the trainer re-tokenizes ``prompt + completion`` exactly as training does
-  (``data.tokenize``): the ratio and the KL use the trainer's own log-probs of
-  those ids. A completion whose re-tokenization has another length than the
+  ``OUT/.rank-R/``) and swapped in on top of the base GGUF. llama.cpp
+  returns text, so the trainer re-tokenizes ``prompt + completion`` exactly
+  as training does (``data.tokenize``): the ratio and the KL use the
+  trainer's own log-probs of those ids. A completion whose re-tokenization has another length than the
   sampler's token count (tokens merged or split differently) is counted
   (``sampling/retokenized_mismatch``) and trained on as re-tokenized: the same
   text, its canonical tokens. Every ``gap_every`` steps ``sampler_gap`` scores a
