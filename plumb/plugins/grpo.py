@@ -55,10 +55,11 @@ class GRPO(Method):
             options["constitution"] = const.model_dump(mode="json")
 
     def train(self, run: RunSpec, ctx) -> RunResult:
+        from plumb.train.distributed import world
         from plumb.train.grpo import train
 
         result = train(run, ctx)
-        if run.config.get("gguf"):
+        if run.config.get("gguf") and world().main:  # under torchrun, rank 0 alone writes
             from plumb.export.lora_to_gguf import export_lora
 
             out = Path(run.out_dir) / "adapter.gguf"

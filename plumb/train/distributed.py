@@ -15,7 +15,18 @@ global order; what differs is which rows of each global batch it computes:
   mean (``loss x its rows / the micro-batch's rows``), so the ranks' gradients
   *summed* are the one-process gradient of the same global batch;
 * GRPO: each step's prompts are split ``prompts[rank::world_size]``, whole groups
-  of G completions, so every group's advantage is computed where its G rewards are.
+  of G completions: a rank samples (llama.cpp or transformers) and scores its
+  groups' answers, each answer seeded by its group and place, not by the rank,
+  so N ranks sample what one process would. The ranks then exchange their
+  rollouts and rewards (one ``gather``), and every rank computes the same
+  advantages (``scale_rewards = "batch"``: the whole step's std), the same
+  zero-spread skips and stop, and the same token weights (dapo's denominator:
+  the whole step's kept tokens); a rank trains on its own groups' answers, so
+  the summed gradients are the one-process gradient of the step. Rank 0 writes
+  every rollout to ``rollouts.jsonl`` (the store gets each once) and runs the
+  held-out evaluation while the others wait at the next collective; with
+  llama.cpp each rank exports the LoRA to its own GGUF (rank R > 0 under
+  ``OUT/.rank-R/``), after rank 0 made the base GGUF once.
 
 Gradients are summed with one all_reduce of the LoRA gradients, flattened, after
 the step's last backward: what DistributedDataParallel does, by hand. The loops

@@ -6,7 +6,10 @@ all). Prompts go through the tokenizer's own chat template, are padded on the
 left so every row's answer starts at the same column, and are generated in
 one batch with the KV cache on. The same ``SamplingParams`` as every backend:
 n, temperature (0 = greedy), top_p, max_tokens, seed, stop strings, top-k
-log-probs of each generated token (from the raw logits).
+log-probs of each generated token (from the raw logits). With ``row_seeds``
+(GRPO's rollouts) each row draws from a generator of its own (Gumbel-max over
+the tempered, top-p-filtered logits: the same distribution), so a row's
+sample does not depend on what else is in the batch.
 
 ``option_logprobs_with`` scores a judge's candidate answers without
 sampling: log p(option | chat) teacher-forced, from batched forward passes
@@ -72,8 +75,32 @@ def encode_chats(tokenizer: Any, chats: list[Chat]) -> list[list[int]]:
     return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
-def sample_batch(model: Any, tokenizer: Any, chats: list[Chat], params: SamplingParams) -> Samples:
-    """Sample ``params.n`` completions per chat from an already-loaded model in one ``generate`` call."""
+class RowSeeded:
+    """A logits processor that samples with one seeded generator per row: the logits tempered and top-p
+    filtered as ``generate`` would, plus Gumbel noise, whose argmax (greedy decoding) is a sample of their
+    softmax. Each row draws from its own generator at every position, whatever the other rows are."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device: Any):
+        import torch
+        from transformers.generation.logits_process import TopPLogitsWarper
+
+        self.gens = [torch.Generator(device).manual_seed(s) for s in seeds]
+        self.temperature, self.top_p = temperature, TopPLogitsWarper(top_p) if top_p < 1.0 else None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        scores = scores.float() / self.temperature
+        if self.top_p is not None:
+            scores = self.top_p(input_ids, scores)
+        u = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device) for g in self.gens])
+        return scores - torch.log(-torch.log(u))
+
+
+def sample_batch(model: Any, tokenizer: Any, chats: list[Chat], params: SamplingParams,
+                 row_seeds: list[int] | None = None) -> Samples:
+    """Sample ``params.n`` completions per chat from an already-loaded model in one ``generate`` call;
+    ``row_seeds`` (one per completion, chat by chat) seeds each completion on its own (temperature > 0)."""
     import torch
 
     prompts = encode_chats(tokenizer, chats)
@@ -94,7 +121,16 @@ def sample_batch(model: Any, tokenizer: Any, chats: list[Chat], params: Sampling
         pad_token_id=pad, eos_token_id=eos, use_cache=True, return_dict_in_generate=True,
         output_logits=bool(params.logprobs),
     )
-    if not greedy:
+    if row_seeds is not None and not greedy:  # each row its own sampler; generate itself decodes greedily
+        from transformers import LogitsProcessorList
+
+        if len(row_seeds) != len(prompts) * params.n:
+            raise ValueError(f"{len(row_seeds)} row seeds for {len(prompts)} x {params.n} completions")
+        ids, mask = ids.repeat_interleave(params.n, 0), mask.repeat_interleave(params.n, 0)
+        kwargs.update(do_sample=False, num_return_sequences=1, temperature=None, top_p=None, top_k=None,
+                      logits_processor=LogitsProcessorList([RowSeeded(row_seeds, params.temperature, params.top_p,
+                                                                      device)]))
+    elif not greedy:
         kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)

@@ -22,7 +22,9 @@ log-probs before the step's first update, so the ratio is exact whatever
 sampled the tokens; the sampler/trainer gap is measured and reported apart.
 Checkpoints, resume, the NaN and OOM stops and the lr schedule are every
 loop's (``runtime.py``, ``checkpoint.py``); held-out evaluation, the best
-checkpoint and the report are in ``grpo_eval.py``.
+checkpoint and the report are in ``grpo_eval.py``. Under torchrun each rank
+samples, scores and trains on its share of a step's groups and every rank
+sees the whole step's rewards (``distributed.py``).
 
 Defaults for a 2-core CPU, and why
 ----------------------------------
@@ -64,9 +66,8 @@ from plumb.core.records import Event, RunResult, RunSpec, SamplingParams
 from plumb.train import checkpoint, data, grpo_eval
 from plumb.train.runtime import (end_step, get_lr, nonfinite, oom_stop, optimizer_for, out_of_time, peak_memory_mb,
                                  policy as policy_of, resume, start, write_adapter)
-from plumb.train.distributed import world
 from plumb.train.options import GRPOConfig
-from plumb.train.rollouts import (HFSampler, LlamaSampler, RolloutLog, base_gguf, batch_of, gap_candidates,
+from plumb.train.rollouts import (HFSampler, LlamaSampler, RolloutLog, base_gguf, batch_of, gap_candidates, gather,
                                   reward_metrics, row_logps, sampler_gap, score, task_of, token_logps)
 
 EPS = 1e-4  # TRL's epsilon in the advantage's denominator
@@ -95,6 +96,8 @@ def token_weights(lengths: list[int], loss_type: str, max_len: int) -> list[floa
     """Per row, the weight of each of its tokens in the step's loss: ``dapo`` 1 / tokens in the step,
     ``grpo`` 1 / (row length x rows), ``dr_grpo`` 1 / (rows x max_completion_length)."""
     rows, tokens = len(lengths), sum(lengths)
+    if not rows:  # nothing kept this step
+        return []
     if loss_type == "dapo":
         return [1.0 / tokens] * rows
     if loss_type == "grpo":
@@ -148,10 +151,6 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
     """Train ``run.policy`` with GRPO on the tasks in ``run.data``; write the adapter to
     ``run.out_dir/adapter`` (and the best one by the held-out signal to ``best-adapter``)."""
     cfg = GRPOConfig.from_dict(run.config)
-    if world().size > 1:
-        raise PlumbError(f"grpo does not train under torchrun yet (WORLD_SIZE={world().size}): its rollouts, llama.cpp "
-                         "exports and held-out watch are per process. Run it as one process (plumb train grpo ...).",
-                         exit_code=2)
     weights = dict(cfg.rewards)
     if not weights:
         raise PlumbError("grpo needs at least one reward: --reward NAME[=WEIGHT] (repeatable), or "
@@ -165,7 +164,7 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
                          "it from the workspace's).", exit_code=2)
 
     job = start(run, ctx, cfg)
-    out, log, device, autocast = job.out, job.log, job.device, job.autocast
+    out, log, device, autocast, world = job.out, job.log, job.device, job.autocast, job.world
 
     # tasks: the training prompts and the held-out ones
     rows, held_rows = list(run.data), list(run.eval_data)
@@ -183,7 +182,8 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
     total = cfg.steps or max(1, math.ceil(cfg.epochs * len(tasks) / cfg.prompts_per_step))
     G = cfg.num_generations
     log(f"{len(tasks)} training prompts, {len(held)} held out; {total} steps of {cfg.prompts_per_step} prompts "
-        f"x {G} completions; rewards {weights}")
+        f"x {G} completions; rewards {weights}" + (f"; {world.size} ranks, each sampling and training its "
+                                                    "share of a step's prompts" if world.size > 1 else ""))
 
     # the policy (LoRA on the base); the reference is the same model with its adapter off
     model, tokenizer = policy_of(job, policy)
@@ -193,6 +193,7 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
 
     # resume: weights, optimizer, RNG, step, and what the evaluation kept
     fingerprint = _fingerprint(rows, cfg)
+    world.same(fingerprint, "training tasks and settings")
     state = resume(job, model, optimizer, fingerprint, "other tasks or settings; resume with the same --tasks, "
                    "rewards and options") or {"step": 0}
     step, zero_streak = int(state["step"]), int(state.get("zero_streak", 0))
@@ -201,8 +202,10 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
     # the sampler: llama.cpp on a CPU (the LoRA exported and swapped in after each update), else transformers
     kind = cfg.rollouts or ("hf" if device.startswith("cuda") else "llamacpp")
     if kind == "llamacpp":
-        base = base_gguf(run.policy.target, out, cfg.base_gguf)
-        sampler = LlamaSampler(ctx, model, tokenizer, base, run.policy.target, out, dirty=step > 0)
+        base = base_gguf(run.policy.target, out, cfg.base_gguf) if world.main else ""
+        world.barrier()  # rank 0 made the base GGUF once; the others take it now that it is whole
+        base = base or base_gguf(run.policy.target, out, cfg.base_gguf)
+        sampler = LlamaSampler(ctx, model, tokenizer, base, run.policy.target, out, step > 0, world.rank)
     else:
         sampler = HFSampler(model, tokenizer, f"{run.policy}@grpo")
     rollout_log = RolloutLog(out / "rollouts.jsonl", run.run_id, kind)
@@ -223,6 +226,7 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
     model.train()
     started = time.perf_counter()
     metrics: dict[str, float] = {}
+    held = held if world.main else []  # the held-out watch is rank 0's; the others wait at the next collective
     if held and step == 0:  # the baseline: where the held-out curves start (KL 0), and the first best
         metrics = evaluate(0)
         for line in watch.update(0, metrics, model, out):
@@ -234,18 +238,21 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        # 1. rollouts: G completions per prompt from the current policy
+        # 1. rollouts: G completions per prompt from the current policy (under torchrun, each rank its groups)
         idx = step_prompts(len(tasks), cfg.prompts_per_step, step, cfg.seed, cfg.shuffle)
         step_tasks = [tasks[i] for i in idx]
-        measure = kind == "llamacpp" and cfg.gap_every > 0 and step % cfg.gap_every == 0
+        mine = world.shard(list(range(len(idx))))
+        measure = kind == "llamacpp" and cfg.gap_every > 0 and step % cfg.gap_every == 0 and world.main
         sp = SamplingParams(n=G, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_completion_length,
                             seed=(cfg.seed * 1_000_003 + step * 1009) & 0x7FFFFFFF)
         sampler.refresh(step)
-        rolls = sampler.sample([t.prompt for t in step_tasks], sp)
+        rolls = sampler.sample([step_tasks[k].prompt for k in mine], sp, mine) if mine else []
         t_sample = time.perf_counter()
 
-        # 2. rewards and advantages; the rollouts go to OUT/rollouts.jsonl
-        scored = score(ctx, [step_tasks[r.prompt] for r in rolls], [r.completion for r in rolls], weights, cfg.checks)
+        # 2. rewards, then every rank's rollouts on every rank (group order); advantages; OUT/rollouts.jsonl
+        scored = score(ctx, [step_tasks[mine[r.prompt]] for r in rolls], [r.completion for r in rolls], weights,
+                       cfg.checks)
+        rolls, scored = gather(world, mine, rolls, scored)
         t_score = time.perf_counter()
         if step == 0:  # a weighted verifier that applies to nothing is a setup mistake: say so at once
             applied = {r.name for s in scored for _, r in s.rewards}
@@ -255,10 +262,15 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
         rewards = torch.tensor([s.reward for s in scored], dtype=torch.float32).view(len(idx), G)
         adv, std = advantages(rewards, cfg.scale_rewards)
         flat_adv = adv.flatten().tolist()
-        rollout_log.write(step + 1, step_tasks, rolls, scored, flat_adv, sp, [r.prompt for r in rolls])
+        if world.main:
+            rollout_log.write(step + 1, step_tasks, rolls, scored, flat_adv, sp, [r.prompt for r in rolls])
         zero = [bool(torch.isclose(s, torch.tensor(0.0))) for s in std]
         keep = [k for k, r in enumerate(rolls) if not zero[r.prompt] and r.ids
                 and not (cfg.mask_truncated_completions and r.truncated)]
+        # token weights over the whole step (dapo: 1 / the step's kept tokens); a rank trains on its groups
+        wts = token_weights([len(rolls[k].ids) for k in keep], cfg.loss_type, cfg.max_completion_length)
+        owned = set(mine)
+        own = [(k, w) for k, w in zip(keep, wts) if rolls[k].prompt in owned]
 
         # 3. the sampler/trainer gap, on the weights that sampled (llama.cpp, every gap_every steps)
         extra: dict[str, float] = {}
@@ -271,15 +283,15 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
         # 4. num_iterations updates on the groups with spread
         stats = {"loss": 0.0, "kl": 0.0, "kl_n": 0.0, "low": 0.0, "high": 0.0, "n": 0.0}
         grad_norm = torch.tensor(0.0)
-        if keep:
-            with oom_stop(job, step, f"with {len(keep)} completions of up to {cfg.max_completion_length} tokens. "
+        if keep:  # the same on every rank: each enters the update, with or without answers of its own
+            with oom_stop(job, step, f"with {len(own)} completions of up to {cfg.max_completion_length} tokens. "
                           "Lower --batch-size (completions per forward), max_completion_length or prompts_per_step, "
                           "or set gradient_checkpointing = true.", optimizer):
-                grad_norm = _update(job, model, optimizer, params, [rolls[k] for k in keep],
-                                    [flat_adv[k] for k in keep], pad_id, stats, step)
+                grad_norm = _update(job, model, optimizer, params, [rolls[k] for k, _ in own],
+                                    [flat_adv[k] for k, _ in own], [w for _, w in own], pad_id, stats, step)
             sampler.dirty = True
         step += 1
-        if out_of_time(cfg, started, time.perf_counter() - t0):
+        if world.any(out_of_time(cfg, started, time.perf_counter() - t0)):
             total = step  # the budget is spent: this step is the last, checkpointed and evaluated
         zero_streak = 0 if keep else zero_streak + 1
 
@@ -310,10 +322,12 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
             metrics.update(evaluate(step))
             for line in watch.update(step, metrics, model, out):
                 log(line)
-        ctx.emit(Event("metric", run.run_id, step, total, values=metrics))
-        ctx.emit(Event("progress", run.run_id, step, total, message=grpo_eval.summary(metrics)))
+        job.emit(Event("metric", run.run_id, step, total, values=metrics))
+        job.emit(Event("progress", run.run_id, step, total, message=grpo_eval.summary(metrics)))
         if cfg.zero_spread_patience and zero_streak >= cfg.zero_spread_patience:
-            log(f"checkpoint {save_checkpoint(step)}")
+            if world.main:
+                log(f"checkpoint {save_checkpoint(step)}")
+            world.barrier()  # every rank stops here (the streak is global), none before the checkpoint is whole
             raise PlumbError(grpo_eval.no_signal(zero_streak, metrics, cfg))
         if zero_streak == max(2, cfg.zero_spread_patience // 2):
             log("warning: " + grpo_eval.no_signal(zero_streak, metrics, cfg))
@@ -322,15 +336,14 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
     # the adapter; the report of the held-out evaluations
     adapter = write_adapter(job, model, tokenizer)
     artifacts = [("adapter", str(adapter)), ("rollouts", str(rollout_log.path))]
-    artifacts += watch.finish(out, tokenizer)
+    artifacts += watch.finish(out, tokenizer) if world.main else []
     return RunResult(str(adapter), {**metrics, **watch.final_metrics()}, artifacts)
 
 
-def _update(job, model, optimizer, params, rolls, advs, pad_id, stats, step):
-    """``num_iterations`` optimizer updates on the kept rollouts; the step's stats summed into ``stats``."""
-    cfg, device, autocast = job.cfg, job.device, job.autocast
-    lengths = [len(r.ids) for r in rolls]
-    wts = token_weights(lengths, cfg.loss_type, cfg.max_completion_length)
+def _update(job, model, optimizer, params, rolls, advs, wts, pad_id, stats, step):
+    """``num_iterations`` optimizer updates on this rank's kept rollouts (``wts``: their token weights in the
+    whole step's loss), the gradients summed over the ranks; the step's stats, summed over them, into ``stats``."""
+    cfg, device, autocast, world = job.cfg, job.device, job.autocast, job.world
     chunks = [list(range(i, min(i + cfg.batch_size, len(rolls)))) for i in range(0, len(rolls), cfg.batch_size)]
     batches = [batch_of(model, [rolls[k] for k in c], pad_id, device) for c in chunks]
     per_tok = [(torch.tensor([advs[k] for k in c], device=device)[b["owner"]],
@@ -359,9 +372,14 @@ def _update(job, model, optimizer, params, rolls, advs, pad_id, stats, step):
             if kl is not None and it == 0:  # the KL of the policy that sampled (before this step's updates)
                 stats["kl"] += float(kl.detach().sum())
                 stats["kl_n"] += lps.numel()
+        world.sum_gradients(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        if not (torch.isfinite(grad_norm) and torch.isfinite(torch.stack(losses)).all()):
+        finite = bool(torch.isfinite(grad_norm)) and (not losses or bool(torch.isfinite(torch.stack(losses)).all()))
+        if world.any(not finite):
             raise nonfinite(job, step, f" (iteration {it + 1})", "lower --lr or raise beta")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    keys = list(stats)  # every rank's share of the loss and its counts, summed
+    for key, value in zip(keys, world.sum_(torch.tensor([stats[k] for k in keys], dtype=torch.float64)).tolist()):
+        stats[key] = value
     return grad_norm

@@ -6,15 +6,18 @@ chat template, completion ids with EOS appended when the answer stopped):
 
 * ``HFSampler``: transformers ``generate`` on the policy being trained, LoRA and
   all (``plumb.train.generate.sample_batch``); the sampled ids are used as
-  they are. The default on a GPU.
+  they are. The default on a GPU. Training's answers are seeded one by one,
+  completion j of the step's group g by (step seed, g, j), so a group's
+  answers do not depend on the rest of the batch or on which rank samples it.
 * ``LlamaSampler``: llama.cpp through ``ctx.generate`` — the default on a CPU,
   where sampling dominates GRPO's time and llama.cpp decodes ~6x faster. After
   every policy update the LoRA is exported to ``OUT/adapter-step-N.gguf`` (a new
   path each time: llama.cpp caches adapters by path; the older files are
-  deleted) and swapped in on top of the base GGUF. llama.cpp returns text, so
-  the trainer re-tokenizes ``prompt + completion`` exactly as training does
-  (``data.tokenize``): the ratio and the KL use the trainer's own log-probs of
-  those ids. A completion whose re-tokenization has another length than the
+  deleted; under torchrun each rank exports its own, rank R > 0 into
+  ``OUT/.rank-R/``) and swapped in on top of the base GGUF. llama.cpp
+  returns text, so the trainer re-tokenizes ``prompt + completion`` exactly
+  as training does (``data.tokenize``): the ratio and the KL use the
+  trainer's own log-probs of those ids. A completion whose re-tokenization has another length than the
   sampler's token count (tokens merged or split differently) is counted
   (``sampling/retokenized_mismatch``) and trained on as re-tokenized: the same
   text, its canonical tokens. Every ``gap_every`` steps ``sampler_gap`` scores a
@@ -38,7 +41,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+import random
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +92,15 @@ class HFSampler:
     def refresh(self, step: int) -> None:  # the policy samples itself: nothing to swap
         self.dirty = False
 
-    def sample(self, chats: list[Chat], params: SamplingParams) -> list[Rollout]:
+    def sample(self, chats: list[Chat], params: SamplingParams, groups: list[int] | None = None) -> list[Rollout]:
+        """``groups`` (the step's global index of each chat): completion j of group g drawn from its own
+        generator seeded by (seed, g, j), so a group's answers are the same whichever rank samples it and
+        whatever else is in the batch; without, one seed for the whole call."""
         from plumb.train.generate import sample_batch
 
-        s = sample_batch(self.model, self.tok, chats, params)
+        seeds = None if groups is None or params.seed is None else \
+            [random.Random(f"{params.seed}:{g}:{j}").getrandbits(63) for g in groups for j in range(params.n)]
+        s = sample_batch(self.model, self.tok, chats, params, seeds)
         eos = self.tok.eos_token_id
         out = []
         for r, text in enumerate(s.texts):
@@ -108,9 +117,10 @@ class LlamaSampler:
 
     backend = "llamacpp"
 
-    def __init__(self, ctx, model, tokenizer, base_gguf: str, base_dir: str, out: Path, dirty: bool):
+    def __init__(self, ctx, model, tokenizer, base_gguf: str, base_dir: str, out: Path, dirty: bool, rank: int = 0):
         self.ctx, self.model, self.tok = ctx, model, tokenizer
-        self.base, self.base_dir, self.out = base_gguf, base_dir, out
+        self.base, self.base_dir = base_gguf, base_dir
+        self.out = out if rank == 0 else out / f".rank-{rank}"  # each rank exports its own files
         self.lora: str | None = None  # None: the adapter is still zero, sample the base
         self.dirty = dirty
 
@@ -125,6 +135,7 @@ class LlamaSampler:
         from plumb.export.lora_to_gguf import export_lora
 
         tmp = self.out / ".rollout-adapter"
+        self.out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(tmp)
         path = self.out / f"adapter-step-{step}.gguf"
         export_lora(tmp, path, base_dir=self.base_dir)
@@ -133,10 +144,12 @@ class LlamaSampler:
                 old.unlink(missing_ok=True)
         self.lora, self.dirty = str(path), False
 
-    def sample(self, chats: list[Chat], params: SamplingParams) -> list[Rollout]:
-        groups = self.ctx.generate(self.spec, chats, params)
+    def sample(self, chats: list[Chat], params: SamplingParams, groups: list[int] | None = None) -> list[Rollout]:
+        """(completion j of every chat is seeded ``seed + j`` by llama.cpp's batched sampler, whatever the chat's
+        place in the call: a group's answers do not depend on which rank samples it; ``groups`` is not needed.)"""
+        sampled = self.ctx.generate(self.spec, chats, params)
         out = []
-        for p, (chat, comps) in enumerate(zip(chats, groups)):
+        for p, (chat, comps) in enumerate(zip(chats, sampled)):
             prompt_ids, answers, _ = data.tokenize(self.tok, chat.to_dicts(), [c.text for c in comps])
             for c, ids in zip(comps, answers):
                 if c.finish_reason != "stop":
@@ -194,6 +207,19 @@ def sampler_gap(ctx, spec: ModelSpec, chats: list[Chat], rolls: list[Rollout],
         return {}
     return {"sampling/logp_gap_per_token/mean": sum(gaps) / len(gaps),
             "sampling/logp_gap_per_token/max": max(gaps)}
+
+
+def gather(world, mine: list[int], rolls: list[Rollout],
+           scored: list[Scored]) -> tuple[list[Rollout], list[Scored]]:
+    """Every rank's rollouts and rewards of a step, on every rank, in the one-process order (group by group,
+    each group's answers in its sampler's order); a rollout's ``prompt`` becomes its global group index
+    (``mine``: this rank's groups, the chats of its sample call in order). One all_gather of a few kB."""
+    by_group: dict[int, list[tuple[Rollout, Scored]]] = {}
+    for groups, rs, ss in world.gather((mine, rolls, scored)):
+        for r, s in zip(rs, ss):
+            by_group.setdefault(groups[r.prompt], []).append((replace(r, prompt=groups[r.prompt]), s))
+    pairs = [x for g in sorted(by_group) for x in by_group[g]]
+    return [r for r, _ in pairs], [s for _, s in pairs]
 
 
 # -- rollouts as the trainer's batches ---------------------------------------------------------------
