@@ -141,6 +141,9 @@ class World:
         """Stop every rank when they do not hold the same ``what`` (``fingerprint`` its hash)."""
         seen = self.gather(fingerprint)
         if len(set(seen)) > 1:
+            # every rank saw the same hashes and stops here: meet once more so none exits (closing its
+            # sockets) while another is still inside the gather (gloo then aborts it: exit -6, seen in CI)
+            self.barrier()
             ranks = ", ".join(f"rank {r}: {f}" for r, f in enumerate(seen))
             raise PlumbError(f"the ranks disagree about the {what} ({ranks}); every rank must read the same "
                              "data with the same options (the same --data, workspace and flags).", exit_code=2)
