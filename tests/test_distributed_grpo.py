@@ -76,7 +76,8 @@ def test_row_seeded_sampling_draws_from_the_tempered_top_p_distribution():
     assert again[1] == alone[0]  # a row's draw is its seed's, whatever else is in the batch
 
 
-def test_two_ranks_sample_and_train_as_one_process(flat_model, tmp_path, workspace):  # noqa: F811
+def _two_ranks(flat_model, tmp_path, workspace, flags: list[str]) -> tuple[Path, dict]:
+    """`plumb train grpo` on 16 digit tasks as 2 torchrun ranks in ``workspace``: (its out dir, rank 0's JSON)."""
     (workspace.root / "digits.py").write_text(plugin_source("digits.py"))
     toml = workspace.root / "plumb.toml"
     toml.write_text(toml.read_text().replace("plugins = []", 'plugins = ["./digits.py"]'))
@@ -84,10 +85,14 @@ def test_two_ranks_sample_and_train_as_one_process(flat_model, tmp_path, workspa
     two = tmp_path / "two"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "plumb", "train", "grpo", "--policy", f"hf:{flat_model}", "--tasks", str(data),
-                           "--out", str(two), *FLAGS, "--json"],
+                           "--out", str(two), *flags, "--json"],
                           cwd=workspace.root, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout[proc.stdout.index("{"):])  # rank 0's answer, the only one printed
+    return two, json.loads(proc.stdout[proc.stdout.index("{"):])  # rank 0's answer, the only one printed
+
+
+def test_two_ranks_sample_and_train_as_one_process(flat_model, tmp_path, workspace):  # noqa: F811
+    two, result = _two_ranks(flat_model, tmp_path, workspace, FLAGS)
     with workspace.store() as store:
         runs = store.query("SELECT id, status, config FROM runs")
         assert [(r["id"], r["status"]) for r in runs] == [(result["run_id"], "done")]  # one run, not one per rank
@@ -143,19 +148,9 @@ def test_two_ranks_sample_and_train_as_one_process(flat_model, tmp_path, workspa
 
 
 def test_two_ranks_sample_with_llamacpp_each_from_its_own_export(flat_model, tmp_path, workspace):  # noqa: F811
-    (workspace.root / "digits.py").write_text(plugin_source("digits.py"))
-    toml = workspace.root / "plumb.toml"
-    toml.write_text(toml.read_text().replace("plugins = []", 'plugins = ["./digits.py"]'))
-    data = _file(tmp_path, "tasks.jsonl", [{"prompt": t["messages"][0]["content"]} for t in tasks(16)])
-    two = tmp_path / "two"
     flags = [*FLAGS[:FLAGS.index("--steps")], "--steps", "2", *FLAGS[FLAGS.index("--steps") + 2:]]
     flags[flags.index('rollouts="hf"')] = 'rollouts="llamacpp"'
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "plumb", "train", "grpo", "--policy", f"hf:{flat_model}", "--tasks", str(data),
-                           "--out", str(two), *flags, "-o", "gap_every=1", "--json"],
-                          cwd=workspace.root, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    two, result = _two_ranks(flat_model, tmp_path, workspace, [*flags, "-o", "gap_every=1"])
     with workspace.store() as store:
         runs = store.query("SELECT id, status, config FROM runs")
         assert [(r["id"], r["status"]) for r in runs] == [(result["run_id"], "done")]
