@@ -80,8 +80,13 @@ def distinct2(texts: list[str]) -> float:
 
 def distinct2_matched(pairs: list[tuple[str, str]]) -> dict[str, float]:
     """Distinct-2 of each side with each pair's answers cut to the shorter one's word count."""
-    cut = [(a.split()[:n], b.split()[:n]) for a, b in pairs for n in [min(len(a.split()), len(b.split()))]]
-    return {side: round(distinct2([" ".join(c[i]) for c in cut]), 4) for i, side in enumerate(("base", "tuned"))}
+    base, tuned = [], []
+    for a, b in pairs:
+        a, b = a.split(), b.split()
+        n = min(len(a), len(b))
+        base.append(" ".join(a[:n]))
+        tuned.append(" ".join(b[:n]))
+    return {"base": round(distinct2(base), 4), "tuned": round(distinct2(tuned), 4)}
 
 
 def degenerate(text: str, share: float = 0.3) -> bool:
