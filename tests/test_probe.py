@@ -41,7 +41,7 @@ def test_probe_counts_what_is_kept_and_what_the_base_said_first(monkeypatch):
 
 
 def test_length_matched_distinct2_counts_the_same_bigrams_on_both_sides():
-    from plumb.pipeline.evaluate import distinct2, distinct2_matched
+    from plumb.core.diversity import distinct2, distinct2_matched
 
     base = ["the cat sat on the mat and the cat sat on the mat again", "a dog ran far away from the dog"]
     tuned = ["the cat sat down.", "a dog ran."]

@@ -94,3 +94,7 @@ def test_nothing_to_rank_and_too_small_budget_are_refused_before_any_work(tmp_pa
         with pytest.raises(PlumbError, match=r"leaves no time to train.*use at least \d+"):
             tune(session, TuneOptions(budget_minutes=1))
         assert session.store.one("SELECT count(*) FROM samples")[0] == 0
+    with _session(tmp_path / "c") as session:  # a backend that cannot scale a LoRA per call cannot serve both sides
+        with pytest.raises(PlumbError, match="backend 'openai' does not do.*llamacpp:PATH.gguf"):
+            tune(session, TuneOptions(model="openai:http://127.0.0.1:9/v1"))
+        assert session.store.one("SELECT count(*) FROM samples")[0] == 0

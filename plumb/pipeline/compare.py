@@ -38,6 +38,7 @@ class CompareOptions:
     sides: tuple[str, ...] = ("base", "tuned")  # ("base",): the base's answers alone
     prompt: str | None = None  # one typed prompt (stored in ``split``) instead of the split's prompts
     prompt_ids: tuple[int, ...] = ()  # these stored prompts instead of the split's
+    backend: str = "llamacpp"  # serves both sides: a backend that scales a GGUF LoRA per call (``lora_scale``)
 
 
 @dataclass
@@ -66,8 +67,8 @@ def side_spec(opts: CompareOptions, side: str) -> ModelSpec:
     """The model of one side: the base GGUF alone, or with the adapter at the tuned side's scale. The base is
     the base whatever adapter sits beside it: its answers are made once and reused."""
     if side == "base":
-        return ModelSpec("llamacpp", opts.base_gguf)
-    return ModelSpec("llamacpp", opts.base_gguf, lora=opts.adapter_gguf, lora_scale=dict(SIDES)[side])
+        return ModelSpec(opts.backend, opts.base_gguf)
+    return ModelSpec(opts.backend, opts.base_gguf, lora=opts.adapter_gguf, lora_scale=dict(SIDES)[side])
 
 
 def side_models(opts: CompareOptions) -> tuple[str, str]:

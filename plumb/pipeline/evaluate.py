@@ -23,6 +23,7 @@ from typing import Any
 
 from plumb.core.records import Chat, Event, EventSink, JudgeRequest, SamplingParams
 from plumb.core.checks import check_texts, tally
+from plumb.core.diversity import degenerate, distinct2, distinct2_matched
 from plumb.core.store import Provenance
 from plumb.pipeline.compare import CompareOptions, compare
 from plumb.pipeline.session import Session
@@ -38,6 +39,7 @@ class EvalOptions:
     judge: str | None = None  # a model spec; None: no judge
     constitution: str | None = None
     limit: int | None = None  # the split's first N prompts
+    backend: str = "llamacpp"  # CompareOptions.backend
 
 
 @dataclass
@@ -71,29 +73,6 @@ class Evaluation:
         return {"n": self.n, "base": self.base.to_dict(), "tuned": self.tuned.to_dict(), "win_rate": self.win,
                 "difference": self.difference, "distinct2_matched": self.distinct2_matched,
                 "examples": self.examples}
-
-
-def distinct2(texts: list[str]) -> float:
-    grams = [tuple(w[i:i + 2]) for w in (t.lower().split() for t in texts) for i in range(len(w) - 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def distinct2_matched(pairs: list[tuple[str, str]]) -> dict[str, float]:
-    """Distinct-2 of each side with each pair's answers cut to the shorter one's word count."""
-    base, tuned = [], []
-    for a, b in pairs:
-        a, b = a.split(), b.split()
-        n = min(len(a), len(b))
-        base.append(" ".join(a[:n]))
-        tuned.append(" ".join(b[:n]))
-    return {"base": round(distinct2(base), 4), "tuned": round(distinct2(tuned), 4)}
-
-
-def degenerate(text: str, share: float = 0.3) -> bool:
-    """True when more than ``share`` of the answer's word 4-grams are repeats (a loop)."""
-    w = text.lower().split()
-    grams = [tuple(w[i:i + 4]) for i in range(len(w) - 3)]
-    return len(grams) >= 4 and 1 - len(set(grams)) / len(grams) > share
 
 
 def paired_difference(base: list[tuple[int, int]], tuned: list[tuple[int, int]], draws: int = 2000,
@@ -130,7 +109,8 @@ def evaluate(session: Session, opts: EvalOptions, sink: EventSink | None = None)
     const = session.constitution(opts.constitution)
     params = SamplingParams(n=1, temperature=0.0, max_tokens=opts.max_tokens, seed=0)
     result = compare(session, CompareOptions(opts.base_gguf, opts.adapter_gguf, split=opts.split, params=params,
-                                             constitution=opts.constitution, limit=opts.limit), emit)
+                                             constitution=opts.constitution, limit=opts.limit,
+                                             backend=opts.backend), emit)
     rows = result.rows
     out = Evaluation(len(rows), measure(session, const, [r.base for r in rows]),
                      measure(session, const, [r.tuned for r in rows]),

@@ -77,11 +77,12 @@ def _questions(session: Session, split: str) -> dict[int, list[str]]:
 
 
 def probe(session: Session, base_gguf: str, adapter_gguf: str, constitution: str | None = None,
-          sink: EventSink | None = None, limit: int | None = None, split: str = "probe") -> Probe:
+          sink: EventSink | None = None, limit: int | None = None, split: str = "probe",
+          backend: str = "llamacpp") -> Probe:
     accepted = _questions(session, split)
     params = SamplingParams(n=1, temperature=0.0, max_tokens=48, seed=0)
     result = compare(session, CompareOptions(base_gguf, adapter_gguf, split=split, params=params,
-                                             constitution=constitution, limit=limit), sink)
+                                             constitution=constitution, limit=limit, backend=backend), sink)
     out = Probe(n=len(result.rows))
     kept, first, first_kept = 0, 0, 0
     for row in result.rows:

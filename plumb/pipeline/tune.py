@@ -36,7 +36,7 @@ from typing import Any
 from plumb.core.checks import has_checks
 from plumb.core.dataio import import_records, read_jsonl
 from plumb.core.errors import PlumbError
-from plumb.core.records import Event, EventSink
+from plumb.core.records import Event, EventSink, ModelSpec
 from plumb.pipeline import tune_stages as st
 from plumb.pipeline.learn import DEFAULT_METHOD, DEFAULT_ROUNDS, METHODS  # the CLI's choices live with the methods
 from plumb.pipeline.session import Session
@@ -114,12 +114,14 @@ class Clock:
         return self.budget - (time.perf_counter() - self.start)
 
 
-def models(session: Session, opts: TuneOptions) -> tuple[str, str]:
-    """(base GGUF path, training base hf:DIR): the options' or the workspace's; the starter is pulled on
-    first use."""
+def models(session: Session, opts: TuneOptions) -> tuple[ModelSpec, str]:
+    """(the base model that serves base and tuned answers, training base hf:DIR): the options' or the
+    workspace's; the starter is pulled on first use. Its backend must apply the tuned GGUF LoRA at a
+    per-call scale (``Backend.lora_scale``: llama.cpp's does)."""
     gen = session.model("generate", opts.model)
-    if gen.backend != "llamacpp" or gen.lora:
-        raise PlumbError(f"tune serves its adapter on a GGUF through llama.cpp: the model must be llamacpp:PATH.gguf "
+    if gen.lora or not session.pm.backend(gen)[0].lora_scale:
+        raise PlumbError(f"tune serves base and tuned answers from one GGUF with its LoRA scaled per call, which "
+                         f"backend {gen.backend!r} does not do: the model must be llamacpp:PATH.gguf (no +lora) "
                          f"or starter, not {gen}.", exit_code=2)
     named = opts.model or session.ws.model("generate")
     if opts.train_model is None and named != "starter" and session.ws.model("train") == "starter":
@@ -127,7 +129,7 @@ def models(session: Session, opts: TuneOptions) -> tuple[str, str]:
                          "GGUF the LoRA is trained on (`plumb models add NAME FILE.gguf --use` makes one).",
                          exit_code=2)
     train = session.model("train", opts.train_model)
-    return gen.target, str(train)
+    return gen, str(train)
 
 
 def _split(i: int) -> str:
@@ -189,14 +191,15 @@ def tune(session: Session, opts: TuneOptions, sink: EventSink | None = None) -> 
         raise PlumbError(f"--budget-minutes {opts.budget_minutes:g} leaves no time to train: the other stages take "
                          f"about {reserve / 60:.1f} minutes at these sizes; use at least {math.ceil(need)}.",
                          exit_code=2)
-    base_gguf, train_model = models(session, opts)  # a first run pulls the starter here, before the clock starts
+    base, train_model = models(session, opts)  # a first run pulls the starter here, before the clock starts
     clock = Clock(opts.budget_minutes)
     emit(Event("stage", stage="prompts", message=f"constitution {const.name} ({const.hash}), {session.root}, "
                                                  f"method {opts.method} x {opts.rounds} round(s)"))
     source = prompts(session, emit)
     clock.lap("prompts")
 
-    run = st.Run(session, opts, sizes, const, base_gguf, train_model, clock, emit)
+    base_gguf = base.target
+    run = st.Run(session, opts, sizes, const, base_gguf, train_model, clock, emit, backend=base.backend)
     run.headroom()
     clock.lap("headroom")
     run.learn()

@@ -94,6 +94,7 @@ class Run:
     rounds: list[Round] = field(default_factory=list)
     trained: list[Trained] = field(default_factory=list)  # each round's run, in order
     trusted_judge: str | None = None
+    backend: str = "llamacpp"  # serves base_gguf and the adapters (CompareOptions.backend)
 
     # -- 2. headroom ---------------------------------------------------------------------------
     def headroom(self) -> None:
@@ -103,7 +104,8 @@ class Run:
         params = SamplingParams(n=1, temperature=0.0, max_tokens=self.sizes.max_tokens, seed=0)
         result = compare(self.session, CompareOptions(self.base_gguf, self.base_gguf, split="dev", params=params,
                                                       constitution=self.opts.constitution,
-                                                      limit=self.sizes.dev_prompts, sides=("base",)), self.emit)
+                                                      limit=self.sizes.dev_prompts, sides=("base",),
+                                                      backend=self.backend), self.emit)
         rate = result.checks["base"]
         self.found["headroom"] = {"dev_checks_base": rate, "prompts": len(result.rows)}
         if rate > HEADROOM:
@@ -160,7 +162,7 @@ class Run:
         if adapter_dir is not None:
             gguf = export_adapter(self.session, adapter_dir, self.train_model.removeprefix("hf:"),
                                   self.rounds[-1].run_id, str(Path(adapter_dir).parent / "adapter.gguf"))
-            spec = f"llamacpp:{self.base_gguf}+lora:{gguf}"
+            spec = f"{self.backend}:{self.base_gguf}+lora:{gguf}"
         params = SamplingParams(n=self.sizes.k, temperature=0.8, top_p=0.95, max_tokens=self.sizes.max_tokens,
                                 seed=self.opts.seed + r)
         out = sample(self.session, SampleOptions(model=spec, prompt_ids=ids, params=params,
@@ -313,9 +315,9 @@ class Run:
                 return gguf, {"chosen": name, "dev_checks": {}, "dev_checks_base": None, "dev_facts_kept": {}}, t
             dev = compare(self.session, CompareOptions(self.base_gguf, str(gguf), split="dev", params=params,
                                                        constitution=self.opts.constitution,
-                                                       limit=self.sizes.dev_prompts))
+                                                       limit=self.sizes.dev_prompts, backend=self.backend))
             facts = probe(self.session, self.base_gguf, str(gguf), self.opts.constitution,
-                          limit=self.sizes.probe_questions, split="probe-dev")
+                          limit=self.sizes.probe_questions, split="probe-dev", backend=self.backend)
             scored.append({"name": name, "checks": (dev.checks["tuned"], dev.scores["tuned"]), "kept": facts.kept,
                            "first": facts.said_first, "gguf": gguf, "trained": t})
             self.emit(Event("progress", stage="choose", step=k, total=len(found)))
@@ -337,9 +339,9 @@ class Run:
     def evaluate(self, adapter_gguf: str) -> tuple[Any, Any]:
         result = evaluate(self.session, EvalOptions(self.base_gguf, adapter_gguf, max_tokens=self.sizes.max_tokens,
                                                     judge=self.trusted_judge, constitution=self.opts.constitution,
-                                                    limit=self.sizes.eval_prompts), self.emit)
+                                                    limit=self.sizes.eval_prompts, backend=self.backend), self.emit)
         tax = probe(self.session, self.base_gguf, adapter_gguf, self.opts.constitution, self.emit,
-                    self.sizes.probe_questions)
+                    self.sizes.probe_questions, backend=self.backend)
         return result, tax
 
     def summary(self) -> dict[str, Any]:

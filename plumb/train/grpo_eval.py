@@ -35,18 +35,13 @@ import torch
 
 from plumb.core.constitution import Constitution
 from plumb.core.errors import PlumbError
+from plumb.core.diversity import distinct2
 from plumb.core.records import JudgeRequest, SamplingParams
 from plumb.train.logps import _plain_head
 from plumb.train.rollouts import batch_of, reward_metrics, score, token_logps
 
 EVAL_SEED = 424242
 TOL = 0.01  # a change smaller than this is not a trend
-
-
-def distinct_2(texts: list[str]) -> float:
-    """Distinct word bigrams over all bigrams of the answers (1 = no bigram repeats)."""
-    grams = [tuple(w[i:i + 2]) for w in (t.split() for t in texts) for i in range(len(w) - 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
 
 
 @torch.no_grad()
@@ -94,7 +89,7 @@ def evaluate(ctx, sampler, model, tokenizer, held, cfg, weights: dict[str, float
     proxy = [s.reward for s in scored if not math.isnan(s.reward)]
     others = [sum(v.values()) / len(v) for v in (s.values(exclude=set(weights)) for s in scored) if v]
     out = {"eval/reward": sum(proxy) / len(proxy) if proxy else math.nan,
-           **reward_metrics(scored, "eval/"), "eval/distinct_2": distinct_2(texts),
+           **reward_metrics(scored, "eval/"), "eval/distinct_2": distinct2(texts),
            "eval/completions/mean_length": sum(len(r.ids) for r in rolls) / len(rolls)}
     signals = [sum(others) / len(others)] if others else []
     if cfg.judge:
