@@ -82,3 +82,20 @@ def test_wilson_interval_always_holds_the_rate():
             lo, hi = wilson(k, n)
             assert 0.0 <= lo <= k / n <= hi <= 1.0
     assert wilson(44, 44)[1] == 1.0 and wilson(0, 11)[0] == 0.0
+
+
+def test_tied_candidates_rank_by_agreement_with_the_other_samples(tmp_path):
+    """Three answers that all pass: by length alone the lunar story would be the target; the one saying what
+    the other samples say (52 weeks) is chosen instead. Its own cuts do not vote for it."""
+    lunar = "The number of weeks in a year depends on the lunar cycle and the phases of the moon."
+    answers = [lunar, "A year has 52 weeks and one or two extra days.", "There are 52 weeks in a year."]
+    session, pid = _session(tmp_path, answers)
+    const = session.constitution("plain-speaker")
+    ranked = learn.rank(session, const, "m", [pid], with_prefixes=True)
+    scores = {a.text: a.score for a in ranked.answers[pid]}
+    assert scores[lunar] == max(scores.values()) and len({scores[t] for t in answers}) == 1  # a tie by the checks
+    assert "52" in ranked.answers[pid][0].text
+    assert "52" in learn.sft_rows(ranked)[0]["messages"][-1]["content"]
+    assert learn.agreement(lunar, [learn.content_words(t) for t in answers[1:]]) < learn.agreement(
+        answers[2], [learn.content_words(t) for t in answers[:2]])
+    session.close()

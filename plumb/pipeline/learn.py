@@ -4,9 +4,14 @@ Every answer gets its graded checks score (``plumb.core.checks``: the principles
 mean, 1.0 when it passes everything). With ``prefixes`` (tune's default), each answer cut after
 each of its sentences is a candidate too: a constitution that asks for less (fewer words, an
 answer that stops after its point, a closing question) then gets a target the model already
-wrote, word for word, instead of a different, vaguer sample that happens to be short. Equal
-scores rank the longer candidate first (it keeps more of what the model said). From the
-ranking, each method takes its rows:
+wrote, word for word, instead of a different, vaguer sample that happens to be short.
+
+Candidates whose scores tie (within ``MIN_GAP`` of the best) are ranked by how much they agree
+with the prompt's other sampled answers (``agreement``: the mean overlap of their content words,
+a minimum-Bayes-risk choice), then the longer first. Of several answers that all fit the
+constitution, the one saying what most samples say is more often right ("about 52 weeks", not a
+story about lunar months): a target that is only in style can teach the model to drop or change
+what it knows. From the ranking, each method takes its rows:
 
 * ``dpo``  per prompt the pair with the largest score gap (best vs worst), when the gap is
            at least ``MIN_GAP``; the largest gaps first (they carry the clearest signal);
@@ -83,6 +88,27 @@ def answers_of(store: Store, model: str, prompt_ids: list[int]) -> list[dict[str
     return [dict(r) for r in rows] + [dict(r) for r in revised]
 
 
+_WORD = re.compile(r"[a-z0-9']+")
+_FUNCTION_WORDS = frozenset("the and are for that this with you your can its was were has have not but from "
+                            "they their them there which what when how why who will would also into than then "
+                            "these those such some more most very just about".split())
+
+
+def content_words(text: str) -> frozenset[str]:
+    """The lower-cased numbers, and words of three or more letters that carry content (not
+    ``_FUNCTION_WORDS``)."""
+    return frozenset(w for w in _WORD.findall(text.lower())
+                     if w.isdigit() or (len(w) > 2 and w not in _FUNCTION_WORDS))
+
+
+def agreement(text: str, others: list[frozenset[str]]) -> float:
+    """Mean F1 overlap of ``text``'s content words with each of ``others`` (0 with none)."""
+    mine = content_words(text)
+    if not mine or not others:
+        return 0.0
+    return sum(2 * len(mine & o) / (len(mine) + len(o)) for o in others if o) / len(others)
+
+
 SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)|\n")
 MIN_CUT_WORDS = 4  # shorter cuts are fragments ("1.", "Dr."), not answers
 
@@ -114,8 +140,20 @@ def rank(session: Any, const: Any, model: str, prompt_ids: list[int], with_prefi
             answers.setdefault(r["prompt_id"], []).append(Answer(r["id"], r["text"], c.score, c.all_passed,
                                                                   r.get("cut", False)))
     for v in answers.values():
-        v.sort(key=lambda a: (-a.score, -len(a.text)))  # equal scores: the longer first (it keeps more)
+        v.sort(key=lambda a: (-a.score, -len(a.text)))
+        _by_agreement(v)
     return Ranked(messages, answers)
+
+
+def _by_agreement(answers: list[Answer]) -> None:
+    """Reorder the tied best (within MIN_GAP of the first) by agreement with the other sampled answers
+    (not the candidate's own sample or its cuts), the longer first among equals; in place."""
+    top = [a for a in answers if a.score >= answers[0].score - MIN_GAP]
+    if len(top) < 2:
+        return
+    sampled = {a.sample_id: content_words(a.text) for a in answers if not a.cut}
+    agree = {id(a): agreement(a.text, [w for sid, w in sampled.items() if sid != a.sample_id]) for a in top}
+    answers[:len(top)] = sorted(top, key=lambda a: (-round(agree[id(a)], 6), -len(a.text)))
 
 
 def dpo_rows(ranked: Ranked) -> list[dict[str, Any]]:
