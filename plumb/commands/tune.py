@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from plumb.pipeline.learn import DEFAULT_METHOD, DEFAULT_ROUNDS, METHODS
+from plumb.pipeline.recipes import DEFAULT_METHOD, DEFAULT_ROUNDS, METHODS
 
 
 @click.command()

@@ -35,9 +35,6 @@ from plumb.core.checks import check_texts
 from plumb.core.store import Store
 
 MIN_GAP = 0.02  # graded scores closer than this are a tie
-METHODS = ("dpo", "sft", "grpo")
-DEFAULT_METHOD = "sft"  # the bench's winner (bench/bench_tune.py, bench/RESULTS.md): best-of-k rejection sampling
-DEFAULT_ROUNDS = 3  # on-policy rounds: +16 points held out on plain-speaker against +8 for one round, same time
 
 
 @dataclass

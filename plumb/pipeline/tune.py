@@ -38,7 +38,7 @@ from plumb.core.dataio import import_records, read_jsonl
 from plumb.core.errors import PlumbError
 from plumb.core.records import Event, EventSink, ModelSpec
 from plumb.pipeline import tune_stages as st
-from plumb.pipeline.learn import DEFAULT_METHOD, DEFAULT_ROUNDS, METHODS  # the CLI's choices live with the methods
+from plumb.pipeline.recipes import DEFAULT_METHOD, DEFAULT_ROUNDS, METHODS, RECIPES  # the CLI's choices
 from plumb.pipeline.session import Session
 
 PROMPTS_SOURCE = "bundled:tune_prompts.jsonl"
@@ -83,8 +83,8 @@ class TuneOptions:
     budget_minutes: float = 10.0
     sizes: Sizes | None = None  # explicit sizes (tests); default: Sizes.for_budget(budget_minutes)
     prefixes: bool = True  # each sampled answer cut after each sentence is a candidate too (pipeline.learn)
-    lr: float | None = None  # default: the method's (LR below)
-    anchor: float | None = None  # sft: the weight of KL(base || tuned) on the words (tune_stages.STOP); 0: off
+    lr: float | None = None  # default: the method's (recipes.RECIPES)
+    anchor: float | None = None  # sft: the weight of KL(base || tuned) on the words (recipes.RECIPES); 0: off
     seed: int = 0
     isolate: bool = True
 
@@ -175,10 +175,10 @@ def tune(session: Session, opts: TuneOptions, sink: EventSink | None = None) -> 
     if opts.method not in METHODS:
         raise PlumbError(f"--method {opts.method!r}: choose one of {', '.join(METHODS)}.", exit_code=2)
     if opts.rounds is None:
-        opts = replace(opts, rounds=1 if opts.method == "grpo" else DEFAULT_ROUNDS)
-    if opts.rounds < 1 or (opts.rounds > 1 and opts.method == "grpo"):
-        raise PlumbError("--rounds must be at least 1 (and 1 for grpo, which samples on-policy every step).",
-                         exit_code=2)
+        opts = replace(opts, rounds=1 if RECIPES[opts.method].samples_itself else DEFAULT_ROUNDS)
+    if opts.rounds < 1 or (opts.rounds > 1 and RECIPES[opts.method].samples_itself):
+        raise PlumbError(f"--rounds must be at least 1 (and 1 for {opts.method}, which samples on-policy every "
+                         "step).", exit_code=2)
     sizes = opts.sizes or Sizes.for_budget(opts.budget_minutes)
     const = session.constitution(opts.constitution)  # validated, checks resolved, before any work
     if not has_checks(const) and opts.judge == "none":

@@ -26,21 +26,14 @@ from plumb.pipeline.export import export_adapter
 from plumb.pipeline.judge import JudgeOptions, judge
 from plumb.pipeline.pairs import build
 from plumb.pipeline.probe import KEEP, probe
+from plumb.pipeline.recipes import RECIPES, Recipe
 from plumb.pipeline.sample import SampleOptions, sample
 from plumb.pipeline.session import Session
 from plumb.pipeline.train import TrainOptions, Trained, train
 
-LR = {"dpo": 5e-4, "sft": 3e-4, "grpo": 5e-4}  # on the starter (bench/RESULTS.md): 16 epochs at 5e-4 cost facts
-STEP_S = {"dpo": 12.0, "sft": 3.5, "grpo": 16.0}  # seconds per step on 2 cores: sizes the schedule only
-EPOCHS = {"dpo": 2.0, "sft": 3.0}  # at most: more passes over the same few rows memorise them and cost facts
 # lora_dropout 0 (no copy of every LoRA input) and activation checkpointing: the training child's peak memory
 # on the starter 5.9 GB -> 2.5 GB (bench/RESULTS.md), for ~30% more time per step
 MEMORY = {"lora_dropout": 0.0, "gradient_checkpointing": True}
-# sft: the end-of-answer token weighs 1 and the words before it 0.1: tuning a style teaches the model where
-# to stop (the cuts) far more than new words, and + anchor * KL(base || tuned) over the vocabulary at each word
-# before the end (the base is the adapter switched off) keeps those words the base's, so what it knows stays (the
-# alignment-tax probe, bench/RESULTS.md); --anchor sets it
-STOP = {"sft": {"content_weight": 0.1, "anchor": 0.3}}
 # a round whose samples from the adapter so far already score this well stops the rounds: on plain-speaker a
 # third round moved the checks little and cost facts the first two kept (bench/RESULTS.md)
 SATURATED = 0.95
@@ -96,6 +89,10 @@ class Run:
     trusted_judge: str | None = None
     backend: str = "llamacpp"  # serves base_gguf and the adapters (CompareOptions.backend)
 
+    @property
+    def recipe(self) -> Recipe:
+        return RECIPES[self.opts.method]
+
     # -- 2. headroom ---------------------------------------------------------------------------
     def headroom(self) -> None:
         """The base's greedy answers to the dev prompts (the checkpoint choice reuses them), checked."""
@@ -116,7 +113,7 @@ class Run:
     # -- 3-6. sample, critique, judge, train (rounds) ----------------------------------------------
     def learn(self) -> None:
         """Each round's training run goes to ``self.trained``."""
-        if self.opts.method == "grpo":
+        if self.recipe.samples_itself:
             self._grpo()
             return
         train_ids = [p["id"] for p in self.session.store.prompts("train")]
@@ -222,20 +219,15 @@ class Run:
 
     def _rows(self, ranked: learn.Ranked) -> list[dict[str, Any]]:
         """The method's rows: from the checks' ranking, and from a trusted judge's verdicts."""
-        rows = learn.dpo_rows(ranked) if self.opts.method == "dpo" else learn.sft_rows(ranked)
+        rows = self.recipe.rows(ranked)
         if self.trusted_judge is not None:
-            judged = build(self.session.store, "judge").pairs
-            if self.opts.method == "dpo":
-                rows += [{"prompt": json.loads(p["messages"]), "chosen": p["chosen"], "rejected": p["rejected"]} for p in judged]
-            else:
-                rows += [{"messages": json.loads(p["messages"]) + [{"role": "assistant", "content": p["chosen"]}]}
-                         for p in judged]
+            rows += [self.recipe.judged(p) for p in build(self.session.store, "judge").pairs]
         return rows
 
     def _planned_seconds(self) -> float:
         """Training seconds the budget plans for each round: what the other stages leave, at their measured
         costs. It sets the steps (and so the schedule and the run's identity: a rerun reuses the run)."""
-        sampling = sampling_seconds(self.sizes) * (self.opts.method != "grpo")
+        sampling = sampling_seconds(self.sizes) * (not self.recipe.samples_itself)
         left = (self.clock.budget - reserve_seconds(self.sizes, self.opts.rounds) - sampling
                 - self.clock.seconds.get("prompts", 0))
         return max(left, 1.0) / self.opts.rounds
@@ -245,18 +237,17 @@ class Run:
         return max(self.clock.left - reserve_seconds(self.sizes, self.opts.rounds), 1.0) / rounds_left
 
     def _train(self, rows: list[dict[str, Any]], r: int, init: str | None) -> Trained:
-        method = self.opts.method
+        recipe = self.recipe
+        method = recipe.method
         path = learn.write_rows(Path(self.session.root) / f"rows-{method}-round{r + 1}.jsonl", rows)
         seconds = self._deadline(self.opts.rounds - r)
-        steps = max(2, min(int(self._planned_seconds() / STEP_S[method]), math.ceil(EPOCHS[method] * len(rows) / 4)))
-        config = {"steps": steps, "batch_size": 4, "lr": self.opts.lr or LR[method], "schedule": "constant",
-                  **STOP.get(method, {}),
+        steps = max(2, min(int(self._planned_seconds() / recipe.step_s), math.ceil(recipe.epochs * len(rows) / 4)))
+        config = {"steps": steps, "batch_size": 4, "lr": self.opts.lr or recipe.lr, "schedule": "constant",
+                  **recipe.config,
                   "warmup_ratio": 0.0, "max_length": 384, "seed": self.opts.seed, "keep_checkpoints": 0, **MEMORY,
                   "time_limit_s": round(seconds, 1),
                   "checkpoint_every": max(1, math.ceil(steps * self.opts.rounds / candidates(self.sizes, self.opts.rounds)))}
-        if method == "dpo":
-            config.update(beta=0.1, rpo_alpha=1.0)
-        if method == "sft" and self.opts.anchor is not None:
+        if recipe.anchored and self.opts.anchor is not None:
             config["anchor"] = self.opts.anchor
         if init is not None:
             config["init_adapter"] = init
@@ -273,14 +264,14 @@ class Run:
         tasks = [{"messages": json.loads(p["messages"])} for p in self.session.store.prompts("train")]
         path = learn.write_rows(Path(self.session.root) / "tasks-grpo.jsonl", tasks)
         seconds = self._deadline(1)
-        steps = max(2, int(self._planned_seconds() / STEP_S["grpo"]))
-        config = {"steps": steps, "lr": self.opts.lr or LR["grpo"], "num_generations": self.sizes.k,
+        steps = max(2, int(self._planned_seconds() / self.recipe.step_s))
+        config = {"steps": steps, "lr": self.opts.lr or self.recipe.lr, "num_generations": self.sizes.k,
                   "prompts_per_step": 2, "max_completion_length": self.sizes.max_tokens, "temperature": 1.0,
                   "holdout": 0.0, "eval_every": 0, "gap_every": 0, "keep_checkpoints": 0, "seed": self.opts.seed,
                   "time_limit_s": round(seconds, 1), "checkpoint_every": max(1, math.ceil(steps / self.sizes.checkpoints)),
                   "rewards": learn.check_rewards(self.const), "zero_spread_patience": 0, **MEMORY}
         self.clock.lap("sample")
-        trained = train(self.session, TrainOptions("grpo", policy=self.train_model, tasks=str(path), config=config,
+        trained = train(self.session, TrainOptions(self.recipe.method, policy=self.train_model, tasks=str(path), config=config,
                                                    constitution=self.opts.constitution, isolate=self.opts.isolate),
                         self.emit)
         self.trained.append(trained)
