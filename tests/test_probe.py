@@ -39,6 +39,18 @@ def test_probe_counts_what_is_kept_and_what_the_base_said_first(monkeypatch):
     assert [(x["question"], x["base_said_first"]) for x in out.lost] == [("q1", False), ("q2", True)]
     assert out.to_dict()["said_first"]["n"] == 2
 
+    asked = []
+
+    def compare(session, opts, sink=None):  # the rows of the questions asked, as the compare stage gives them
+        asked.append((opts.sides, opts.prompt_ids))
+        return SimpleNamespace(rows=[r for r in result.rows if not opts.prompt_ids or r.prompt_id in opts.prompt_ids])
+
+    monkeypatch.setattr(probe_mod, "compare", compare)
+    first = probe_mod.probe(None, "base.gguf", "adapter.gguf", said_first_only=True)
+    # the base once on every question, then base and tuned on the two it answers in its first sentence
+    assert asked == [(("base",), ()), (("base", "tuned"), (0, 2))]
+    assert (first.said_first.k, first.said_first.n) == (first.kept.k, first.kept.n) == (1, 2)
+
 
 def test_length_matched_distinct2_counts_the_same_bigrams_on_both_sides():
     from plumb.core.diversity import distinct2, distinct2_matched

@@ -102,7 +102,7 @@ def compare(session: Session, opts: CompareOptions, sink: EventSink | None = Non
     scores: dict[str, float] = {}
     for k, (side, scale) in enumerate(s for s in SIDES if s[0] in opts.sides):
         spec = side_spec(opts, side)
-        prov = Provenance(model=f"{spec}@{scale:g}", backend="llamacpp", params=opts.params.to_dict(),
+        prov = Provenance(model=f"{spec}@{scale:g}", backend=opts.backend, params=opts.params.to_dict(),
                           constitution_hash=const.hash)
         have = session.store.samples_made(prov, [p["id"] for p in prompts])
         missing = [i for i, p in enumerate(prompts) if not have[p["id"]]]

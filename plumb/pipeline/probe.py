@@ -11,13 +11,15 @@ while a fact the base only reaches later is lost with the words around it.
 Two sets that share no question: ``probe`` (``plumb/data/probe_questions.jsonl``) is the
 held-out measure the report gives; ``probe-dev`` (``probe_dev_questions.jsonl``) is what
 `plumb tune` chooses its checkpoint by, so the reported tax is not the one it was chosen on.
+The choice counts only ``said_first``, so it asks each checkpoint only those questions
+(``said_first_only``): about half of them, and the choice's biggest cost.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -78,11 +80,20 @@ def _questions(session: Session, split: str) -> dict[int, list[str]]:
 
 def probe(session: Session, base_gguf: str, adapter_gguf: str, constitution: str | None = None,
           sink: EventSink | None = None, limit: int | None = None, split: str = "probe",
-          backend: str = "llamacpp") -> Probe:
+          backend: str = "llamacpp", said_first_only: bool = False) -> Probe:
+    """Base and tuned on the split's first ``limit`` questions; with ``said_first_only`` the tuned model is
+    asked only those the base answers in its first sentence (``kept`` is then ``said_first``)."""
     accepted = _questions(session, split)
     params = SamplingParams(n=1, temperature=0.0, max_tokens=48, seed=0)
-    result = compare(session, CompareOptions(base_gguf, adapter_gguf, split=split, params=params,
-                                             constitution=constitution, limit=limit, backend=backend), sink)
+    opts = CompareOptions(base_gguf, adapter_gguf, split=split, params=params, constitution=constitution,
+                          limit=limit, backend=backend)
+    if said_first_only:  # the base's answers are stored: asked once, whatever adapter sits beside it
+        base = compare(session, replace(opts, sides=("base",)))
+        ids = tuple(r.prompt_id for r in base.rows if right(first_sentence(r.base), accepted[r.prompt_id]))
+        if not ids:
+            return Probe(n=len(base.rows), base_right=sum(right(r.base, accepted[r.prompt_id]) for r in base.rows))
+        opts = replace(opts, prompt_ids=ids)
+    result = compare(session, opts, sink)
     out = Probe(n=len(result.rows))
     kept, first, first_kept = 0, 0, 0
     for row in result.rows:

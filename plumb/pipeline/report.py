@@ -119,9 +119,8 @@ def _pct(rate: dict[str, Any] | None) -> str:
 def _choice_line(choice: dict[str, Any]) -> str:
     if not choice["dev_checks"]:
         return f"Checkpoint {choice['chosen']}: the only one."
-    kept, first = choice.get("dev_facts_kept", {}), choice.get("dev_facts_said_first_kept", {})
-    each = "; ".join(f"{k}: checks {v:.0%}" + (f", facts kept {_pct(kept[k])}" if k in kept else "")
-                     + (f" (said first {_pct(first[k])})" if k in first else "")
+    first = choice.get("dev_facts_said_first_kept", {})
+    each = "; ".join(f"{k}: checks {v:.0%}" + (f", facts the base says first kept {_pct(first[k])}" if k in first else "")
                      for k, v in choice["dev_checks"].items())
     return (f"Checkpoint **{choice['chosen']}**, {choice.get('why', 'the most dev checks passed')} (dev prompts "
             f"and dev probe; base checks {choice['dev_checks_base']:.0%}): {each}.")

@@ -286,8 +286,8 @@ class Run:
         the earliest among equals (less drift for the same score); when none keeps that many, the one keeping
         the most. (A fact the base only reaches after its first sentence is lost by any style that shortens
         answers, at every checkpoint alike: on the starter that alone put every checkpoint under the bar and
-        made the choice a coin toss between 1-2 facts, bench/RESULTS.md.) Returns its GGUF, the choice and
-        its training run."""
+        made the choice a coin toss between 1-2 facts, bench/RESULTS.md; so each checkpoint is asked only
+        those questions.) Returns its GGUF, the choice and its training run."""
         from plumb.train import checkpoint
 
         found = [(t, c) for t in self.trained for c in checkpoint.checkpoints(t.out_dir)]
@@ -295,7 +295,7 @@ class Run:
             raise PlumbError(f"the training run left no checkpoints in {self.trained[-1].out_dir}.")
         self.emit(Event("stage", stage="choose", total=len(found),
                         message=f"{len(found)} checkpoints on {self.sizes.dev_prompts} dev prompts by the checks "
-                                f"and on {self.sizes.probe_questions} dev probe questions"))
+                                f"and on the dev probe questions the base answers in its first sentence"))
         params = SamplingParams(n=1, temperature=0.0, max_tokens=self.sizes.max_tokens, seed=0)
         scored = []
         for k, (t, ckpt) in enumerate(found, 1):
@@ -303,13 +303,14 @@ class Run:
                                   t.run_id, str(ckpt / "adapter.gguf"))
             name = f"round{self.trained.index(t) + 1}/{ckpt.name}"
             if len(found) == 1:
-                return gguf, {"chosen": name, "dev_checks": {}, "dev_checks_base": None, "dev_facts_kept": {}}, t
+                return gguf, {"chosen": name, "dev_checks": {}, "dev_checks_base": None}, t
             dev = compare(self.session, CompareOptions(self.base_gguf, str(gguf), split="dev", params=params,
                                                        constitution=self.opts.constitution,
                                                        limit=self.sizes.dev_prompts, backend=self.backend))
             facts = probe(self.session, self.base_gguf, str(gguf), self.opts.constitution,
-                          limit=self.sizes.probe_questions, split="probe-dev", backend=self.backend)
-            scored.append({"name": name, "checks": (dev.checks["tuned"], dev.scores["tuned"]), "kept": facts.kept,
+                          limit=self.sizes.probe_questions, split="probe-dev", backend=self.backend,
+                          said_first_only=True)
+            scored.append({"name": name, "checks": (dev.checks["tuned"], dev.scores["tuned"]),
                            "first": facts.said_first, "gguf": gguf, "trained": t})
             self.emit(Event("progress", stage="choose", step=k, total=len(found)))
         keeps = [c for c in scored if not c["first"].n or c["first"].value >= KEEP]
@@ -318,7 +319,6 @@ class Run:
                 else max(scored, key=lambda c: (c["first"].value, c["checks"])))
         choice = {"chosen": best["name"], "dev_checks": {c["name"]: c["checks"][0] for c in scored},
                   "dev_checks_base": dev.checks["base"],
-                  "dev_facts_kept": {c["name"]: c["kept"].to_dict() for c in scored},
                   "dev_facts_said_first_kept": {c["name"]: c["first"].to_dict() for c in scored},
                   "why": ("the most dev checks passed among the checkpoints keeping at least "
                           f"{KEEP:.0%} of the dev probe's facts the base says first" if keeps else
