@@ -27,10 +27,11 @@ class Preference(Method):
         self.name, self.description, self.data = name, description, SHAPES.get(name, "pairs")
 
     def train(self, run: RunSpec, ctx) -> RunResult:
+        from plumb.train.distributed import world
         from plumb.train.loop import train
 
         result = train(run, ctx)
-        if run.config.get("gguf"):
+        if run.config.get("gguf") and world().main:  # under torchrun, rank 0 alone writes (as the loop does)
             result.artifacts.append(("gguf-lora", export_gguf(result.adapter_dir, run)))
         return result
 
