@@ -63,3 +63,101 @@ def test_length_matched_distinct2_counts_the_same_bigrams_on_both_sides():
     assert m == {"base": 1.0, "tuned": 1.0}
     looped = distinct2_matched([("one two three four", "one two one two")])
     assert looped["tuned"] < looped["base"]  # a loop still shows at equal length
+
+
+def test_a_scaled_adapter_moves_the_weights_that_share_of_the_way(tiny_model_dir, tmp_path):
+    """scaled_adapter(x0.5): merged into the base, every weight the LoRA touches moves half as far as the
+    adapter itself moves it (the weights between base and tuned the choice falls back to)."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from plumb.pipeline.export import scaled_adapter
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"]))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)  # peft starts B at zero: no update to scale
+    model.save_pretrained(tmp_path / "adapter")
+    half = scaled_adapter(str(tmp_path / "adapter"), 0.5)
+    assert half == str(tmp_path / "adapter-x0.5") and scaled_adapter(str(tmp_path / "adapter"), 0.5) == half
+
+    def weights(adapter):
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        merged = PeftModel.from_pretrained(base, adapter).merge_and_unload() if adapter else base
+        return {k: v for k, v in merged.state_dict().items() if "q_proj" in k or "down_proj" in k}
+
+    base, full, scaled = weights(None), weights(str(tmp_path / "adapter")), weights(half)
+    moved = [k for k in base if not torch.equal(base[k], full[k])]
+    assert moved  # the adapter does move them
+    for k in moved:
+        torch.testing.assert_close(scaled[k] - base[k], 0.5 * (full[k] - base[k]), atol=1e-6, rtol=1e-4)
+
+
+def test_the_choice_scales_the_best_checkpoint_down_only_when_every_checkpoint_loses_facts(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from plumb.pipeline import tune_stages as st
+    from plumb.pipeline.stats import Rate
+    from plumb.train import checkpoint
+
+    said_first = {}  # (checkpoint name, scale) -> facts the base says first kept, of 24
+    checks = {"round1/step-4": 0.80, "round1/step-8": 0.90}
+    asked, scaled = [], []
+
+    def score(self, name, trained, adapter, gguf, scale=1.0):
+        asked.append((name, scale))
+        ckpt = name.split(" ")[0]
+        return {"name": name, "checks": (checks[ckpt] * (0.5 + scale / 2), 0.0), "dev_base": 0.4,
+                "first": Rate(said_first[ckpt, scale], 24), "adapter": adapter, "gguf": gguf, "scale": scale,
+                "trained": trained}
+
+    monkeypatch.setattr(st.Run, "_score", score)
+    monkeypatch.setattr(checkpoint, "checkpoints", lambda out: [Path(out) / "step-4", Path(out) / "step-8"])
+    monkeypatch.setattr(st, "export_adapter", lambda session, adapter, base, run_id, out: Path(out))
+    monkeypatch.setattr(st, "scaled_adapter", lambda adapter, s: scaled.append((adapter, s)) or f"{adapter}-x{s:g}")
+    trained = SimpleNamespace(out_dir=str(tmp_path), run_id=1)
+
+    def run():
+        r = st.Run(None, SimpleNamespace(constitution=None), SimpleNamespace(dev_prompts=6), None, "base.gguf",
+                   "hf:base", None, lambda event: None)
+        r.trained = [trained]
+        asked.clear()
+        scaled.clear()
+        return r.choose()
+
+    # a checkpoint keeps the facts: the best by the checks among those that keep, no scale tried
+    said_first.update({("round1/step-4", 1.0): 24, ("round1/step-8", 1.0): 20})
+    gguf, choice, _ = run()
+    assert choice["chosen"] == "round1/step-4" and choice["scale"] == 1.0 and gguf == tmp_path / "step-4/adapter.gguf"
+    assert asked == [("round1/step-4", 1.0), ("round1/step-8", 1.0)] and not scaled
+
+    # both lose facts: the best by the checks (step-8) is scaled down to the largest scale that keeps them
+    said_first.update({("round1/step-4", 1.0): 21, ("round1/step-8", 0.75): 22, ("round1/step-8", 0.5): 23})
+    gguf, choice, _ = run()
+    assert asked[2:] == [("round1/step-8 x0.75", 0.75), ("round1/step-8 x0.5", 0.5)]
+    assert choice["chosen"] == "round1/step-8 x0.5" and choice["scale"] == 0.5
+    assert scaled == [(str(tmp_path / "step-8/adapter"), 0.5)] and gguf == tmp_path / "step-8/adapter-x0.5.gguf"
+
+    # no scale keeps them either: the candidate keeping the most, at its scale
+    said_first[("round1/step-8", 0.5)] = 22  # step-8 x0.75 keeps 22 as well, with more checks passed
+    _, choice, _ = run()
+    assert choice["chosen"] == "round1/step-8 x0.75" and "keeping the most" in choice["why"]
+
+
+def test_no_probe_question_is_a_prompt_tune_trains_on():
+    """The alignment-tax probe measures what tuning did not teach: its questions (both sets) are not among the
+    bundled tune prompts, and the report's set shares none with the set the checkpoint is chosen by."""
+    import json
+    from importlib.resources import files
+
+    def questions(name, key):
+        text = (files("plumb.data") / name).read_text(encoding="utf-8")
+        return {json.loads(line)[key].strip().lower() for line in text.splitlines() if line.strip()}
+
+    tune = questions("tune_prompts.jsonl", "prompt")
+    probe, dev = (questions(probe_mod.SETS[s], "q") for s in ("probe", "probe-dev"))
+    assert len(probe) == len(dev) == 48
+    assert not probe & tune and not dev & tune and not probe & dev

@@ -39,6 +39,7 @@ class CompareOptions:
     prompt: str | None = None  # one typed prompt (stored in ``split``) instead of the split's prompts
     prompt_ids: tuple[int, ...] = ()  # these stored prompts instead of the split's
     backend: str = "llamacpp"  # serves both sides: a backend that scales a GGUF LoRA per call (``lora_scale``)
+    scale: float = 1.0  # the tuned side's LoRA scale (the base side's is 0)
 
 
 @dataclass
@@ -68,12 +69,16 @@ def side_spec(opts: CompareOptions, side: str) -> ModelSpec:
     the base whatever adapter sits beside it: its answers are made once and reused."""
     if side == "base":
         return ModelSpec(opts.backend, opts.base_gguf)
-    return ModelSpec(opts.backend, opts.base_gguf, lora=opts.adapter_gguf, lora_scale=dict(SIDES)[side])
+    return ModelSpec(opts.backend, opts.base_gguf, lora=opts.adapter_gguf, lora_scale=_scale(opts, side))
 
 
 def side_models(opts: CompareOptions) -> tuple[str, str]:
     """The model names the (base, tuned) answers are stored under."""
-    return tuple(f"{side_spec(opts, side)}@{scale:g}" for side, scale in SIDES)  # type: ignore[return-value]
+    return tuple(f"{side_spec(opts, side)}@{_scale(opts, side):g}" for side, _ in SIDES)  # type: ignore[return-value]
+
+
+def _scale(opts: CompareOptions, side: str) -> float:
+    return opts.scale if side == "tuned" else dict(SIDES)[side]
 
 
 def _prompts(store: Store, opts: CompareOptions) -> list[Any]:
@@ -100,8 +105,8 @@ def compare(session: Session, opts: CompareOptions, sink: EventSink | None = Non
     ids: dict[str, list[int]] = {}
     checks: dict[str, float] = {}
     scores: dict[str, float] = {}
-    for k, (side, scale) in enumerate(s for s in SIDES if s[0] in opts.sides):
-        spec = side_spec(opts, side)
+    for k, side in enumerate(s for s, _ in SIDES if s in opts.sides):
+        spec, scale = side_spec(opts, side), _scale(opts, side)
         prov = Provenance(model=f"{spec}@{scale:g}", backend=opts.backend, params=opts.params.to_dict(),
                           constitution_hash=const.hash)
         have = session.store.samples_made(prov, [p["id"] for p in prompts])

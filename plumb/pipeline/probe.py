@@ -80,13 +80,13 @@ def _questions(session: Session, split: str) -> dict[int, list[str]]:
 
 def probe(session: Session, base_gguf: str, adapter_gguf: str, constitution: str | None = None,
           sink: EventSink | None = None, limit: int | None = None, split: str = "probe",
-          backend: str = "llamacpp", said_first_only: bool = False) -> Probe:
+          backend: str = "llamacpp", said_first_only: bool = False, scale: float = 1.0) -> Probe:
     """Base and tuned on the split's first ``limit`` questions; with ``said_first_only`` the tuned model is
     asked only those the base answers in its first sentence (``kept`` is then ``said_first``)."""
     accepted = _questions(session, split)
     params = SamplingParams(n=1, temperature=0.0, max_tokens=48, seed=0)
     opts = CompareOptions(base_gguf, adapter_gguf, split=split, params=params, constitution=constitution,
-                          limit=limit, backend=backend)
+                          limit=limit, backend=backend, scale=scale)
     if said_first_only:  # the base's answers are stored: asked once, whatever adapter sits beside it
         base = compare(session, replace(opts, sides=("base",)))
         ids = tuple(r.prompt_id for r in base.rows if right(first_sentence(r.base), accepted[r.prompt_id]))

@@ -117,12 +117,12 @@ def _pct(rate: dict[str, Any] | None) -> str:
 
 
 def _choice_line(choice: dict[str, Any]) -> str:
-    if not choice["dev_checks"]:
-        return f"Checkpoint {choice['chosen']}: the only one."
     first = choice.get("dev_facts_said_first_kept", {})
     each = "; ".join(f"{k}: checks {v:.0%}" + (f", facts the base says first kept {_pct(first[k])}" if k in first else "")
                      for k, v in choice["dev_checks"].items())
-    return (f"Checkpoint **{choice['chosen']}**, {choice.get('why', 'the most dev checks passed')} (dev prompts "
+    scaled = (f" (its LoRA update scaled by {choice['scale']:g}, between the base and the checkpoint: every "
+              "checkpoint lost facts)" if choice.get("scale", 1.0) != 1.0 else "")
+    return (f"Checkpoint **{choice['chosen']}**{scaled}, {choice.get('why', 'the most dev checks passed')} (dev prompts "
             f"and dev probe; base checks {choice['dev_checks_base']:.0%}): {each}.")
 
 

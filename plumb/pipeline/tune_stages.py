@@ -22,7 +22,7 @@ from plumb.pipeline.agreement import agreement
 from plumb.pipeline.compare import CompareOptions, compare
 from plumb.pipeline.critique import CritiqueOptions, critique
 from plumb.pipeline.evaluate import EvalOptions, evaluate
-from plumb.pipeline.export import export_adapter
+from plumb.pipeline.export import export_adapter, scaled_adapter
 from plumb.pipeline.judge import JudgeOptions, judge
 from plumb.pipeline.pairs import build
 from plumb.pipeline.probe import KEEP, probe
@@ -37,6 +37,8 @@ MEMORY = {"lora_dropout": 0.0, "gradient_checkpointing": True}
 # a round whose samples from the adapter so far already score this well stops the rounds: on plain-speaker a
 # third round moved the checks little and cost facts the first two kept (bench/RESULTS.md)
 SATURATED = 0.95
+# the LoRA scales the choice tries, largest first, on the best checkpoint when every checkpoint loses facts
+SCALES = (0.75, 0.5)
 HEADROOM = 0.95  # the base passing more of its checks than this: little to learn
 SAMPLE_S = 0.6  # seconds per answer of up to 128 tokens, batched, 2 cores (the starter): sizes the reserve
 MIN_ROWS = 4
@@ -49,11 +51,12 @@ def sampling_seconds(sizes: Any) -> float:
 
 def reserve_seconds(sizes: Any, rounds: int = 1) -> float:
     """What the stages after training cost (seconds, 2 cores, the starter): the checkpoint choice (each
-    candidate on the dev prompts and the dev probe, the base once), the held-out evaluation and the probe
-    (both sides), exports and the report."""
+    candidate, the scaled ones too, on the dev prompts and the half of the dev probe the base answers in its
+    first sentence, the base once), the held-out evaluation and the probe (both sides), exports and the report."""
     per = SAMPLE_S * sizes.max_tokens / 128
-    one = per * sizes.dev_prompts + 0.4 * per * sizes.probe_questions  # one side of the choice's questions
-    return (one * (candidates(sizes, rounds) + 1) + 10 * candidates(sizes, rounds)
+    one = per * sizes.dev_prompts + 0.2 * per * sizes.probe_questions  # one side of the choice's questions
+    weighed = candidates(sizes, rounds) + len(SCALES)
+    return (one * (weighed + 1) + 10 * weighed
             + 2 * per * sizes.eval_prompts + 0.4 * per * 2 * sizes.probe_questions + 25)
 
 
@@ -283,11 +286,14 @@ class Run:
         """Every round's checkpoints as GGUF LoRAs, each scored on the dev prompts by the checks and on the
         dev probe (facts the base knows, not the questions the report's probe asks). The best by the checks
         among those keeping at least ``probe.KEEP`` of the facts the base says in its first sentence ships,
-        the earliest among equals (less drift for the same score); when none keeps that many, the one keeping
-        the most. (A fact the base only reaches after its first sentence is lost by any style that shortens
-        answers, at every checkpoint alike: on the starter that alone put every checkpoint under the bar and
-        made the choice a coin toss between 1-2 facts, bench/RESULTS.md; so each checkpoint is asked only
-        those questions.) Returns its GGUF, the choice and its training run."""
+        the earliest among equals (less drift for the same score). When none keeps that many, the update of
+        the best by the checks is scaled down (``SCALES``: the weights between the base and it, the model
+        averaging that Lin et al. 2023 found the best trade against RLHF's alignment tax) and the largest
+        scale that keeps them ships; when none does, the candidate keeping the most. (A fact the base only
+        reaches after its first sentence is lost by any style that shortens answers, at every checkpoint
+        alike: on the starter that alone put every checkpoint under the bar and made the choice a coin toss
+        between 1-2 facts, bench/RESULTS.md; so each candidate is asked only those questions.) Returns its
+        GGUF, the choice and its training run."""
         from plumb.train import checkpoint
 
         found = [(t, c) for t in self.trained for c in checkpoint.checkpoints(t.out_dir)]
@@ -296,35 +302,51 @@ class Run:
         self.emit(Event("stage", stage="choose", total=len(found),
                         message=f"{len(found)} checkpoints on {self.sizes.dev_prompts} dev prompts by the checks "
                                 f"and on the dev probe questions the base answers in its first sentence"))
-        params = SamplingParams(n=1, temperature=0.0, max_tokens=self.sizes.max_tokens, seed=0)
         scored = []
-        for k, (t, ckpt) in enumerate(found, 1):
+        for t, ckpt in found:
             gguf = export_adapter(self.session, str(ckpt / "adapter"), self.train_model.removeprefix("hf:"),
                                   t.run_id, str(ckpt / "adapter.gguf"))
-            name = f"round{self.trained.index(t) + 1}/{ckpt.name}"
-            if len(found) == 1:
-                return gguf, {"chosen": name, "dev_checks": {}, "dev_checks_base": None}, t
-            dev = compare(self.session, CompareOptions(self.base_gguf, str(gguf), split="dev", params=params,
-                                                       constitution=self.opts.constitution,
-                                                       limit=self.sizes.dev_prompts, backend=self.backend))
-            facts = probe(self.session, self.base_gguf, str(gguf), self.opts.constitution,
-                          limit=self.sizes.probe_questions, split="probe-dev", backend=self.backend,
-                          said_first_only=True)
-            scored.append({"name": name, "checks": (dev.checks["tuned"], dev.scores["tuned"]),
-                           "first": facts.said_first, "gguf": gguf, "trained": t})
-            self.emit(Event("progress", stage="choose", step=k, total=len(found)))
+            scored.append(self._score(f"round{self.trained.index(t) + 1}/{ckpt.name}", t, str(ckpt / "adapter"),
+                                      str(gguf)))
         keeps = [c for c in scored if not c["first"].n or c["first"].value >= KEEP]
+        if not keeps:
+            top = max(scored, key=lambda c: c["checks"])
+            for scale in SCALES:
+                scored.append(self._score(f"{top['name']} x{scale:g}", top["trained"], top["adapter"], top["gguf"],
+                                          scale))
+                if scored[-1]["first"].value >= KEEP:
+                    keeps = [scored[-1]]
+                    break
         # max() keeps the first of equals: the earliest checkpoint
         best = (max(keeps, key=lambda c: c["checks"]) if keeps
                 else max(scored, key=lambda c: (c["first"].value, c["checks"])))
-        choice = {"chosen": best["name"], "dev_checks": {c["name"]: c["checks"][0] for c in scored},
-                  "dev_checks_base": dev.checks["base"],
+        gguf = best["gguf"]
+        if best["scale"] != 1.0:
+            adapter = scaled_adapter(best["adapter"], best["scale"])
+            gguf = str(export_adapter(self.session, adapter, self.train_model.removeprefix("hf:"),
+                                      best["trained"].run_id, str(Path(adapter).parent / f"{Path(adapter).name}.gguf")))
+        choice = {"chosen": best["name"], "scale": best["scale"],
+                  "dev_checks": {c["name"]: c["checks"][0] for c in scored},
+                  "dev_checks_base": scored[0]["dev_base"],
                   "dev_facts_said_first_kept": {c["name"]: c["first"].to_dict() for c in scored},
-                  "why": ("the most dev checks passed among the checkpoints keeping at least "
+                  "why": ("the most dev checks passed among the candidates keeping at least "
                           f"{KEEP:.0%} of the dev probe's facts the base says first" if keeps else
-                          f"no checkpoint kept {KEEP:.0%} of the dev probe's facts the base says first: the one "
-                          "keeping the most")}
-        return best["gguf"], choice, best["trained"]
+                          f"no candidate kept {KEEP:.0%} of the dev probe's facts the base says first, at any "
+                          "scale: the one keeping the most")}
+        return Path(gguf), choice, best["trained"]
+
+    def _score(self, name: str, trained: Trained, adapter: str, gguf: str, scale: float = 1.0) -> dict[str, Any]:
+        """One candidate (an adapter at a LoRA scale) on the dev prompts by the checks and on the dev probe."""
+        params = SamplingParams(n=1, temperature=0.0, max_tokens=self.sizes.max_tokens, seed=0)
+        dev = compare(self.session, CompareOptions(self.base_gguf, gguf, split="dev", params=params,
+                                                   constitution=self.opts.constitution, limit=self.sizes.dev_prompts,
+                                                   backend=self.backend, scale=scale))
+        facts = probe(self.session, self.base_gguf, gguf, self.opts.constitution, limit=self.sizes.probe_questions,
+                      split="probe-dev", backend=self.backend, said_first_only=True, scale=scale)
+        self.emit(Event("log", message=f"candidate {name}: dev checks {dev.checks['tuned']:.0%}, facts the base "
+                                       f"says first kept {facts.said_first}"))
+        return {"name": name, "checks": (dev.checks["tuned"], dev.scores["tuned"]), "first": facts.said_first,
+                "dev_base": dev.checks["base"], "adapter": adapter, "gguf": gguf, "scale": scale, "trained": trained}
 
     # -- 9. evaluate -----------------------------------------------------------------------------
     def evaluate(self, adapter_gguf: str) -> tuple[Any, Any]:
