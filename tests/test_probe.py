@@ -141,10 +141,11 @@ def test_the_choice_scales_the_best_checkpoint_down_only_when_every_checkpoint_l
     assert choice["chosen"] == "round1/step-8 x0.5" and choice["scale"] == 0.5
     assert scaled == [(str(tmp_path / "step-8/adapter"), 0.5)] and gguf == tmp_path / "step-8/adapter-x0.5.gguf"
 
-    # no scale keeps them either: the candidate keeping the most, at its scale
-    said_first[("round1/step-8", 0.5)] = 22  # step-8 x0.75 keeps 22 as well, with more checks passed
-    _, choice, _ = run()
-    assert choice["chosen"] == "round1/step-8 x0.75" and "keeping the most" in choice["why"]
+    # no scale clears the bar: the unscaled checkpoint keeping the most (a scale keeping more is not shipped)
+    said_first[("round1/step-8", 0.5)] = 22
+    gguf, choice, _ = run()
+    assert len(asked) == 4 and not scaled
+    assert choice["chosen"] == "round1/step-4" and choice["scale"] == 1.0 and "keeping the most" in choice["why"]
 
 
 def test_no_probe_question_is_a_prompt_tune_trains_on():

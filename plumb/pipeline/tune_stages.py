@@ -289,7 +289,7 @@ class Run:
         the earliest among equals (less drift for the same score). When none keeps that many, the update of
         the best by the checks is scaled down (``SCALES``: the weights between the base and it, the model
         averaging that Lin et al. 2023 found the best trade against RLHF's alignment tax) and the largest
-        scale that keeps them ships; when none does, the candidate keeping the most. (A fact the base only
+        scale that keeps them ships; when none does, the unscaled checkpoint keeping the most. (A fact the base only
         reaches after its first sentence is lost by any style that shortens answers, at every checkpoint
         alike: on the starter that alone put every checkpoint under the bar and made the choice a coin toss
         between 1-2 facts, bench/RESULTS.md; so each candidate is asked only those questions.) Returns its
@@ -309,6 +309,7 @@ class Run:
             scored.append(self._score(f"round{self.trained.index(t) + 1}/{ckpt.name}", t, str(ckpt / "adapter"),
                                       str(gguf)))
         keeps = [c for c in scored if not c["first"].n or c["first"].value >= KEEP]
+        unscaled = list(scored)
         if not keeps:
             top = max(scored, key=lambda c: c["checks"])
             for scale in SCALES:
@@ -317,9 +318,11 @@ class Run:
                 if scored[-1]["first"].value >= KEEP:
                     keeps = [scored[-1]]
                     break
-        # max() keeps the first of equals: the earliest checkpoint
+        # max() keeps the first of equals: the earliest checkpoint. A scale that does not clear the bar is not
+        # shipped: on concise-writer x0.5 kept 2 dev facts more (21 vs 19 of 23, within the noise) for -16
+        # points on the held-out checks (bench/RESULTS.md)
         best = (max(keeps, key=lambda c: c["checks"]) if keeps
-                else max(scored, key=lambda c: (c["first"].value, c["checks"])))
+                else max(unscaled, key=lambda c: (c["first"].value, c["checks"])))
         gguf = best["gguf"]
         if best["scale"] != 1.0:
             adapter = scaled_adapter(best["adapter"], best["scale"])
@@ -332,7 +335,7 @@ class Run:
                   "why": ("the most dev checks passed among the candidates keeping at least "
                           f"{KEEP:.0%} of the dev probe's facts the base says first" if keeps else
                           f"no candidate kept {KEEP:.0%} of the dev probe's facts the base says first, at any "
-                          "scale: the one keeping the most")}
+                          "scale: the checkpoint keeping the most")}
         return Path(gguf), choice, best["trained"]
 
     def _score(self, name: str, trained: Trained, adapter: str, gguf: str, scale: float = 1.0) -> dict[str, Any]:
