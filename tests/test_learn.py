@@ -99,3 +99,14 @@ def test_tied_candidates_rank_by_agreement_with_the_other_samples(tmp_path):
     assert learn.agreement(lunar, [learn.content_words(t) for t in answers[1:]]) < learn.agreement(
         answers[2], [learn.content_words(t) for t in answers[:2]])
     session.close()
+
+
+def test_restating_the_question_does_not_count_as_agreement():
+    """Every sample repeats the question's words; only what an answer adds to them counts."""
+    asked = learn.content_words("Why do gardeners use mulch on flower beds?")
+    others = [learn.content_words(t) for t in ("Gardeners use mulch on flower beds to keep moisture in the soil.",
+                                               "Mulch keeps the soil moist and stops weeds in flower beds.")]
+    restated = "Gardeners use mulch on their flower beds for a variety of reasons."
+    answer = "It keeps moisture in the soil and stops weeds."
+    assert learn.agreement(restated, others) > learn.agreement(answer, others)  # the question's words would win
+    assert learn.agreement(answer, others, asked) > learn.agreement(restated, others, asked)

@@ -7,8 +7,9 @@ answer that stops after its point, a closing question) then gets a target the mo
 wrote, word for word, instead of a different, vaguer sample that happens to be short.
 
 Candidates whose scores tie (within ``MIN_GAP`` of the best) are ranked by how much they agree
-with the prompt's other sampled answers (``agreement``: the mean overlap of their content words,
-a minimum-Bayes-risk choice), then the longer first. Of several answers that all fit the
+with the prompt's other sampled answers (``agreement``: the mean overlap of their content words
+beyond the question's own, a minimum-Bayes-risk choice; counting the question's words made
+restating it the surest way to agree), then the longer first. Of several answers that all fit the
 constitution, the one saying what most samples say is more often right ("about 52 weeks", not a
 story about lunar months): a target that is only in style can teach the model to drop or change
 what it knows. From the ranking, each method takes its rows:
@@ -98,9 +99,11 @@ def content_words(text: str) -> frozenset[str]:
                      if w.isdigit() or (len(w) > 2 and w not in _FUNCTION_WORDS))
 
 
-def agreement(text: str, others: list[frozenset[str]]) -> float:
-    """Mean F1 overlap of ``text``'s content words with each of ``others`` (0 with none)."""
-    mine = content_words(text)
+def agreement(text: str, others: list[frozenset[str]], asked: frozenset[str] = frozenset()) -> float:
+    """Mean F1 overlap of ``text``'s content words with each of ``others`` (0 with none); the words of
+    the question (``asked``) do not count, or restating it would be the surest way to agree."""
+    mine = content_words(text) - asked
+    others = [o - asked for o in others]
     if not mine or not others:
         return 0.0
     return sum(2 * len(mine & o) / (len(mine) + len(o)) for o in others if o) / len(others)
@@ -136,20 +139,21 @@ def rank(session: Any, const: Any, model: str, prompt_ids: list[int], with_prefi
         if r["text"].strip():
             answers.setdefault(r["prompt_id"], []).append(Answer(r["id"], r["text"], c.score, c.all_passed,
                                                                   r.get("cut", False)))
-    for v in answers.values():
+    for pid, v in answers.items():
         v.sort(key=lambda a: (-a.score, -len(a.text)))
-        _by_agreement(v)
+        _by_agreement(v, content_words(" ".join(m["content"] for m in messages.get(pid, []))))
     return Ranked(messages, answers)
 
 
-def _by_agreement(answers: list[Answer]) -> None:
+def _by_agreement(answers: list[Answer], asked: frozenset[str]) -> None:
     """Reorder the tied best (within MIN_GAP of the first) by agreement with the other sampled answers
-    (not the candidate's own sample or its cuts), the longer first among equals; in place."""
+    (not the candidate's own sample or its cuts) in what they add to the question (``asked``), the longer
+    first among equals; in place."""
     top = [a for a in answers if a.score >= answers[0].score - MIN_GAP]
     if len(top) < 2:
         return
     sampled = {a.sample_id: content_words(a.text) for a in answers if not a.cut}
-    agree = {id(a): agreement(a.text, [w for sid, w in sampled.items() if sid != a.sample_id]) for a in top}
+    agree = {id(a): agreement(a.text, [w for sid, w in sampled.items() if sid != a.sample_id], asked) for a in top}
     answers[:len(top)] = sorted(top, key=lambda a: (-round(agree[id(a)], 6), -len(a.text)))
 
 
