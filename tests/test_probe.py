@@ -115,6 +115,7 @@ def test_the_choice_scales_the_best_checkpoint_down_only_when_every_checkpoint_l
                 "trained": trained}
 
     monkeypatch.setattr(st.Run, "_score", score)
+    monkeypatch.setattr(st, "SCALES", (0.75, 0.5))  # two scales, to see the largest that keeps them win
     monkeypatch.setattr(checkpoint, "checkpoints", lambda out: [Path(out) / "step-4", Path(out) / "step-8"])
     monkeypatch.setattr(st, "export_adapter", lambda session, adapter, base, run_id, out: Path(out))
     monkeypatch.setattr(st, "scaled_adapter", lambda adapter, s: scaled.append((adapter, s)) or f"{adapter}-x{s:g}")
