@@ -121,9 +121,12 @@ def test_the_choice_scales_the_best_checkpoint_down_only_when_every_checkpoint_l
     monkeypatch.setattr(st, "scaled_adapter", lambda adapter, s: scaled.append((adapter, s)) or f"{adapter}-x{s:g}")
     trained = SimpleNamespace(out_dir=str(tmp_path), run_id=1)
 
+    events = []
+
     def run():
+        events.clear()
         r = st.Run(None, SimpleNamespace(constitution=None), SimpleNamespace(dev_prompts=6), None, "base.gguf",
-                   "hf:base", None, lambda event: None)
+                   "hf:base", None, events.append)
         r.trained = [trained]
         asked.clear()
         scaled.clear()
@@ -134,6 +137,8 @@ def test_the_choice_scales_the_best_checkpoint_down_only_when_every_checkpoint_l
     gguf, choice, _ = run()
     assert choice["chosen"] == "round1/step-4" and choice["scale"] == 1.0 and gguf == tmp_path / "step-4/adapter.gguf"
     assert asked == [("round1/step-4", 1.0), ("round1/step-8", 1.0)] and not scaled
+    # progress after each checkpoint, also where the output is not a terminal
+    assert [(e.step, e.total) for e in events if e.kind == "progress"] == [(1, 2), (2, 2)]
 
     # both lose facts: the best by the checks (step-8) is scaled down to the largest scale that keeps them
     said_first.update({("round1/step-4", 1.0): 21, ("round1/step-8", 0.75): 22, ("round1/step-8", 0.5): 23})
