@@ -96,7 +96,7 @@ def test_a_scaled_adapter_moves_the_weights_that_share_of_the_way(tiny_model_dir
         torch.testing.assert_close(scaled[k] - base[k], 0.5 * (full[k] - base[k]), atol=1e-6, rtol=1e-4)
 
 
-def test_the_choice_scales_the_best_checkpoint_down_only_when_every_checkpoint_loses_facts(monkeypatch, tmp_path):
+def test_the_choice_probes_best_first_and_scales_down_only_when_every_checkpoint_loses_facts(monkeypatch, tmp_path):
     from pathlib import Path
 
     from plumb.pipeline import tune_stages as st
@@ -105,16 +105,21 @@ def test_the_choice_scales_the_best_checkpoint_down_only_when_every_checkpoint_l
 
     said_first = {}  # (checkpoint name, scale) -> facts the base says first kept, of 24
     checks = {"round1/step-4": 0.80, "round1/step-8": 0.90}
-    asked, scaled = [], []
+    dev, asked, scaled = [], [], []
 
-    def score(self, name, trained, adapter, gguf, scale=1.0):
-        asked.append((name, scale))
+    def dev_score(self, name, trained, adapter, gguf, scale=1.0):
+        dev.append((name, scale))
         ckpt = name.split(" ")[0]
         return {"name": name, "checks": (checks[ckpt] * (0.5 + scale / 2), 0.0), "dev_base": 0.4,
-                "first": Rate(said_first[ckpt, scale], 24), "adapter": adapter, "gguf": gguf, "scale": scale,
-                "trained": trained}
+                "adapter": adapter, "gguf": gguf, "scale": scale, "trained": trained}
 
-    monkeypatch.setattr(st.Run, "_score", score)
+    def facts(self, cand):
+        asked.append((cand["name"], cand["scale"]))
+        cand["first"] = Rate(said_first[cand["name"].split(" ")[0], cand["scale"]], 24)
+        return cand
+
+    monkeypatch.setattr(st.Run, "_dev", dev_score)
+    monkeypatch.setattr(st.Run, "_facts", facts)
     monkeypatch.setattr(st, "SCALES", (0.75, 0.5))  # two scales, to see the largest that keeps them win
     monkeypatch.setattr(checkpoint, "checkpoints", lambda out: [Path(out) / "step-4", Path(out) / "step-8"])
     monkeypatch.setattr(st, "export_adapter", lambda session, adapter, base, run_id, out: Path(out))
@@ -128,17 +133,24 @@ def test_the_choice_scales_the_best_checkpoint_down_only_when_every_checkpoint_l
         r = st.Run(None, SimpleNamespace(constitution=None), SimpleNamespace(dev_prompts=6), None, "base.gguf",
                    "hf:base", None, events.append)
         r.trained = [trained]
-        asked.clear()
-        scaled.clear()
+        for seen in (dev, asked, scaled):
+            seen.clear()
         return r.choose()
 
-    # a checkpoint keeps the facts: the best by the checks among those that keep, no scale tried
-    said_first.update({("round1/step-4", 1.0): 24, ("round1/step-8", 1.0): 20})
+    # the best by the checks keeps the facts: it ships, and the probe asks no other checkpoint
+    said_first.update({("round1/step-4", 1.0): 24, ("round1/step-8", 1.0): 24})
     gguf, choice, _ = run()
-    assert choice["chosen"] == "round1/step-4" and choice["scale"] == 1.0 and gguf == tmp_path / "step-4/adapter.gguf"
-    assert asked == [("round1/step-4", 1.0), ("round1/step-8", 1.0)] and not scaled
+    assert choice["chosen"] == "round1/step-8" and gguf == tmp_path / "step-8/adapter.gguf"
+    assert dev == [("round1/step-4", 1.0), ("round1/step-8", 1.0)] and asked == [("round1/step-8", 1.0)]
+    assert list(choice["dev_facts_said_first_kept"]) == ["round1/step-8"]
     # progress after each checkpoint, also where the output is not a terminal
     assert [(e.step, e.total) for e in events if e.kind == "progress"] == [(1, 2), (2, 2)]
+
+    # it loses them: the next best by the checks is asked, keeps them, ships; no scale tried
+    said_first[("round1/step-8", 1.0)] = 20
+    gguf, choice, _ = run()
+    assert choice["chosen"] == "round1/step-4" and choice["scale"] == 1.0 and gguf == tmp_path / "step-4/adapter.gguf"
+    assert asked == [("round1/step-8", 1.0), ("round1/step-4", 1.0)] and not scaled
 
     # both lose facts: the best by the checks (step-8) is scaled down to the largest scale that keeps them
     said_first.update({("round1/step-4", 1.0): 21, ("round1/step-8", 0.75): 22, ("round1/step-8", 0.5): 23})

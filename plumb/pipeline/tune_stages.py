@@ -285,10 +285,11 @@ class Run:
 
     # -- 7. choose -----------------------------------------------------------------------------
     def choose(self) -> tuple[Path, dict[str, Any], Trained]:
-        """Every round's checkpoints as GGUF LoRAs, each scored on the dev prompts by the checks and on the
-        dev probe (facts the base knows, not the questions the report's probe asks). The best by the checks
-        among those keeping at least ``probe.KEEP`` of the facts the base says in its first sentence ships,
-        the earliest among equals (less drift for the same score). When none keeps that many, the update of
+        """Every round's checkpoints as GGUF LoRAs, each scored on the dev prompts by the checks, then, the best
+        by the checks first, on the dev probe (facts the base knows, not the questions the report's probe asks).
+        The first keeping at least ``probe.KEEP`` of the facts the base says in its first sentence ships: the
+        best by the checks among those that keep them, the earliest among equals (less drift for the same
+        score), and the ones after it are not asked. When none keeps that many, the update of
         the best by the checks is scaled down (``SCALES``: the weights between the base and it, the model
         averaging that Lin et al. 2023 found the best trade against RLHF's alignment tax) and the largest
         scale that keeps them ships; when none does, the unscaled checkpoint keeping the most. (A fact the
@@ -302,57 +303,68 @@ class Run:
         if not found:
             raise PlumbError(f"the training run left no checkpoints in {self.trained[-1].out_dir}.")
         self.emit(Event("stage", stage="choose", total=len(found),
-                        message=f"{len(found)} checkpoints on {self.sizes.dev_prompts} dev prompts by the checks "
-                                f"and on the dev probe questions the base answers in its first sentence"))
-        scored = []
+                        message=f"{len(found)} checkpoints on {self.sizes.dev_prompts} dev prompts by the checks, "
+                                f"then on the dev probe questions the base answers in its first sentence"))
+        unscaled = []
         for k, (t, ckpt) in enumerate(found, 1):
             gguf = export_adapter(self.session, str(ckpt / "adapter"), self.train_model.removeprefix("hf:"),
                                   t.run_id, str(ckpt / "adapter.gguf"))
-            scored.append(self._score(f"round{self.trained.index(t) + 1}/{ckpt.name}", t, str(ckpt / "adapter"),
+            unscaled.append(self._dev(f"round{self.trained.index(t) + 1}/{ckpt.name}", t, str(ckpt / "adapter"),
                                       str(gguf)))
             self.emit(Event("progress", stage="choose", step=k, total=len(found)))
-        keeps = [c for c in scored if not c["first"].n or c["first"].value >= KEEP]
-        unscaled = list(scored)
+        # the probe asks the best by the checks first (the earliest among equals: a stable sort); the first that
+        # keeps the facts is the choice, so the ones after it are not asked
+        probed, keeps = [], []
+        for c in sorted(unscaled, key=lambda c: c["checks"], reverse=True):
+            probed.append(self._facts(c))
+            if _keeps(c):
+                keeps = [c]
+                break
         if not keeps:
-            top = max(scored, key=lambda c: c["checks"])
+            top = probed[0]
             for scale in SCALES:
-                scored.append(self._score(f"{top['name']} x{scale:g}", top["trained"], top["adapter"], top["gguf"],
-                                          scale))
-                if scored[-1]["first"].value >= KEEP:
-                    keeps = [scored[-1]]
+                probed.append(self._facts(self._dev(f"{top['name']} x{scale:g}", top["trained"], top["adapter"],
+                                                    top["gguf"], scale)))
+                if _keeps(probed[-1]):
+                    keeps = [probed[-1]]
                     break
-        # max() keeps the first of equals: the earliest checkpoint. A scale that does not clear the bar is not
-        # shipped: on concise-writer x0.5 kept 2 dev facts more (21 vs 19 of 23, within the noise) for -17
-        # points on the held-out checks (bench/RESULTS.md)
-        best = (max(keeps, key=lambda c: c["checks"]) if keeps
-                else max(unscaled, key=lambda c: (c["first"].value, c["checks"])))
+        # with none keeping the facts, the unscaled checkpoint keeping the most: a scale that does not clear the
+        # bar is not shipped (on concise-writer x0.5 kept 2 dev facts more, 21 vs 19 of 23, within the noise,
+        # for -17 points on the held-out checks, bench/RESULTS.md)
+        best = keeps[0] if keeps else max(unscaled, key=lambda c: (c["first"].value, c["checks"]))
         gguf = best["gguf"]
         if best["scale"] != 1.0:
             adapter = scaled_adapter(best["adapter"], best["scale"])
             gguf = str(export_adapter(self.session, adapter, self.train_model.removeprefix("hf:"),
                                       best["trained"].run_id, str(Path(adapter).parent / f"{Path(adapter).name}.gguf")))
         choice = {"chosen": best["name"], "scale": best["scale"],
-                  "dev_checks": {c["name"]: c["checks"][0] for c in scored},
-                  "dev_checks_base": scored[0]["dev_base"],
-                  "dev_facts_said_first_kept": {c["name"]: c["first"].to_dict() for c in scored},
+                  "dev_checks": {c["name"]: c["checks"][0] for c in unscaled + [c for c in probed if c["scale"] != 1.0]},
+                  "dev_checks_base": unscaled[0]["dev_base"],
+                  "dev_facts_said_first_kept": {c["name"]: c["first"].to_dict() for c in probed},
                   "why": ("the most dev checks passed among the candidates keeping at least "
                           f"{KEEP:.0%} of the dev probe's facts the base says first" if keeps else
                           f"no candidate kept {KEEP:.0%} of the dev probe's facts the base says first, at any "
                           "scale: the checkpoint keeping the most")}
         return Path(gguf), choice, best["trained"]
 
-    def _score(self, name: str, trained: Trained, adapter: str, gguf: str, scale: float = 1.0) -> dict[str, Any]:
-        """One candidate (an adapter at a LoRA scale) on the dev prompts by the checks and on the dev probe."""
+    def _dev(self, name: str, trained: Trained, adapter: str, gguf: str, scale: float = 1.0) -> dict[str, Any]:
+        """One candidate (an adapter at a LoRA scale) on the dev prompts by the checks."""
         params = SamplingParams(n=1, temperature=0.0, max_tokens=self.sizes.max_tokens, seed=0)
         dev = compare(self.session, CompareOptions(self.base_gguf, gguf, split="dev", params=params,
                                                    constitution=self.opts.constitution, limit=self.sizes.dev_prompts,
                                                    backend=self.backend, scale=scale))
-        facts = probe(self.session, self.base_gguf, gguf, self.opts.constitution, limit=self.sizes.probe_questions,
-                      split="probe-dev", backend=self.backend, said_first_only=True, scale=scale)
-        self.emit(Event("log", message=f"candidate {name}: dev checks {dev.checks['tuned']:.0%}, facts the base "
-                                       f"says first kept {facts.said_first}"))
-        return {"name": name, "checks": (dev.checks["tuned"], dev.scores["tuned"]), "first": facts.said_first,
-                "dev_base": dev.checks["base"], "adapter": adapter, "gguf": gguf, "scale": scale, "trained": trained}
+        return {"name": name, "checks": (dev.checks["tuned"], dev.scores["tuned"]), "dev_base": dev.checks["base"],
+                "adapter": adapter, "gguf": gguf, "scale": scale, "trained": trained}
+
+    def _facts(self, cand: dict[str, Any]) -> dict[str, Any]:
+        """The candidate on the dev probe questions the base answers in its first sentence (``cand["first"]``)."""
+        facts = probe(self.session, self.base_gguf, cand["gguf"], self.opts.constitution,
+                      limit=self.sizes.probe_questions, split="probe-dev", backend=self.backend,
+                      said_first_only=True, scale=cand["scale"])
+        cand["first"] = facts.said_first
+        self.emit(Event("log", message=f"candidate {cand['name']}: dev checks {cand['checks'][0]:.0%}, facts the "
+                                       f"base says first kept {facts.said_first}"))
+        return cand
 
     # -- 9. evaluate -----------------------------------------------------------------------------
     def evaluate(self, adapter_gguf: str) -> tuple[Any, Any]:
@@ -369,6 +381,10 @@ class Run:
         return {"method": self.opts.method, "rounds": [r.__dict__ for r in self.rounds],
                 "why": METHOD_WHY.get(self.opts.method, ""), **self.found,
                 "learning_share": round(self.clock.seconds.get("train", 0.0) / spent, 3)}
+
+
+def _keeps(cand: dict[str, Any]) -> bool:
+    return not cand["first"].n or cand["first"].value >= KEEP
 
 
 METHOD_WHY = {
