@@ -28,7 +28,8 @@ import random
 from pathlib import Path
 
 from plumb.core.records import Chat, ModelSpec, SamplingParams
-from plumb.pipeline.probe import _questions, first_sentence, right
+from plumb.pipeline.compare import CompareOptions, compare
+from plumb.pipeline.probe import GREEDY, _questions, first_sentence, right
 from plumb.pipeline.session import open_session
 
 
@@ -70,10 +71,10 @@ def main() -> None:
         with open_session(run) as session:
             accepted = _questions(session, "probe")
             prompts = session.store.prompts("probe")
-            greedy = {r["id"]: r["text"] for r in session.store.query(
-                "SELECT s.prompt_id AS id, s.text FROM samples s JOIN prompts p ON p.id = s.prompt_id WHERE "
-                "p.split = 'probe' AND s.model NOT LIKE '%+lora:%' ORDER BY s.id")}
-            known = [i for i, p in enumerate(prompts) if right(greedy.get(p["id"], ""), accepted[p["id"]])]
+            greedy = compare(session, CompareOptions(report["base_gguf"], report["base_gguf"], split="probe",
+                                                     params=GREEDY, sides=("base",)))  # the report's, stored
+            said = {row.prompt_id: row.base for row in greedy.rows}
+            known = [i for i, p in enumerate(prompts) if right(said.get(p["id"], ""), accepted[p["id"]])]
             base, base_first = p_correct(session, ModelSpec("llamacpp", report["base_gguf"]), prompts, accepted, params)
             for scale in args.scales:
                 spec = ModelSpec("llamacpp", report["base_gguf"], lora=report["adapter_gguf"], lora_scale=scale)

@@ -32,6 +32,7 @@ from plumb.pipeline.stats import Rate
 
 SETS = {"probe": "probe_questions.jsonl", "probe-dev": "probe_dev_questions.jsonl"}  # split -> bundled file
 KEEP = 0.95
+GREEDY = SamplingParams(n=1, temperature=0.0, max_tokens=48, seed=0)  # how the probe asks: one short answer
 
 
 @dataclass
@@ -84,8 +85,7 @@ def probe(session: Session, base_gguf: str, adapter_gguf: str, constitution: str
     """Base and tuned on the split's first ``limit`` questions; with ``said_first_only`` the tuned model is
     asked only those the base answers in its first sentence (``kept`` is then ``said_first``)."""
     accepted = _questions(session, split)
-    params = SamplingParams(n=1, temperature=0.0, max_tokens=48, seed=0)
-    opts = CompareOptions(base_gguf, adapter_gguf, split=split, params=params, constitution=constitution,
+    opts = CompareOptions(base_gguf, adapter_gguf, split=split, params=GREEDY, constitution=constitution,
                           limit=limit, backend=backend, scale=scale)
     if said_first_only:  # the base's answers are stored: asked once, whatever adapter sits beside it
         base = compare(session, replace(opts, sides=("base",)))

@@ -314,24 +314,24 @@ class Run:
             self.emit(Event("progress", stage="choose", step=k, total=len(found)))
         # the probe asks the best by the checks first (the earliest among equals: a stable sort); the first that
         # keeps the facts is the choice, so the ones after it are not asked
-        probed, keeps = [], []
+        probed, kept = [], None
         for c in sorted(unscaled, key=lambda c: c["checks"], reverse=True):
             probed.append(self._facts(c))
             if _keeps(c):
-                keeps = [c]
+                kept = c
                 break
-        if not keeps:
+        if kept is None:
             top = probed[0]
             for scale in SCALES:
                 probed.append(self._facts(self._dev(f"{top['name']} x{scale:g}", top["trained"], top["adapter"],
                                                     top["gguf"], scale)))
                 if _keeps(probed[-1]):
-                    keeps = [probed[-1]]
+                    kept = probed[-1]
                     break
         # with none keeping the facts, the unscaled checkpoint keeping the most: a scale that does not clear the
         # bar is not shipped (on concise-writer x0.5 kept 2 dev facts more, 21 vs 19 of 23, within the noise,
         # for -17 points on the held-out checks, bench/RESULTS.md)
-        best = keeps[0] if keeps else max(unscaled, key=lambda c: (c["first"].value, c["checks"]))
+        best = kept or max(unscaled, key=lambda c: (c["first"].value, c["checks"]))
         gguf = best["gguf"]
         if best["scale"] != 1.0:
             adapter = scaled_adapter(best["adapter"], best["scale"])
@@ -342,7 +342,7 @@ class Run:
                   "dev_checks_base": unscaled[0]["dev_base"],
                   "dev_facts_said_first_kept": {c["name"]: c["first"].to_dict() for c in probed},
                   "why": ("the most dev checks passed among the candidates keeping at least "
-                          f"{KEEP:.0%} of the dev probe's facts the base says first" if keeps else
+                          f"{KEEP:.0%} of the dev probe's facts the base says first" if kept else
                           f"no candidate kept {KEEP:.0%} of the dev probe's facts the base says first, at any "
                           "scale: the checkpoint keeping the most")}
         return Path(gguf), choice, best["trained"]
