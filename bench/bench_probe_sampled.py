@@ -1,9 +1,9 @@
-"""Is the alignment tax real, or greedy decoding's noise? The report's probe under sampling.
+"""Is the alignment tax real, or greedy decoding's noise? The report's free-form probe under sampling.
 
     python bench/bench_probe_sampled.py RUN_DIR [RUN_DIR ...] --k 8 --temperature 0.7 --scales 0.1 1
 
-RUN_DIR is a finished `plumb tune --out` directory (bench/bench_tune.py leaves one per run). The probe in its
-report asks each question once, greedily, and counts a fact lost when the tuned model's one answer misses it;
+RUN_DIR is a finished `plumb tune --out` directory (bench/bench_tune.py leaves one per run). The free-form
+probe (the plain questions; pipeline.probe.free_form) asks each question once, greedily, and counts a fact lost when the tuned model's one answer misses it;
 on the 135M starter a fact the base barely knows flips under any small change of the weights
 (bench/bench_probe_scales.py). Here base and tuned (the shipped adapter, at each ``--scales``) answer each of
 the 48 probe questions ``k`` times at ``temperature``, and each question's share of right answers is its
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from plumb.core.records import Chat, ModelSpec, SamplingParams
 from plumb.pipeline.compare import CompareOptions, compare
-from plumb.pipeline.probe import GREEDY, _questions, first_sentence, right
+from plumb.pipeline.probe import FREE_FORM, _questions, first_sentence, right
 from plumb.pipeline.session import open_session
 
 
@@ -72,7 +72,7 @@ def main() -> None:
             accepted = _questions(session, "probe")
             prompts = session.store.prompts("probe")
             greedy = compare(session, CompareOptions(report["base_gguf"], report["base_gguf"], split="probe",
-                                                     params=GREEDY, sides=("base",)))  # the report's, stored
+                                                     params=FREE_FORM, sides=("base",)))  # the report's, stored
             said = {row.prompt_id: row.base for row in greedy.rows}
             known = [i for i, p in enumerate(prompts) if right(said.get(p["id"], ""), accepted[p["id"]])]
             base, base_first = p_correct(session, ModelSpec("llamacpp", report["base_gguf"]), prompts, accepted, params)
@@ -80,7 +80,7 @@ def main() -> None:
                 spec = ModelSpec("llamacpp", report["base_gguf"], lora=report["adapter_gguf"], lora_scale=scale)
                 tuned, tuned_first = p_correct(session, spec, prompts, accepted, params)
                 row = {"run": Path(run).name, "scale": scale, "k": args.k, "temperature": args.temperature,
-                       "greedy_kept": report["probe"]["kept"],
+                       "greedy_kept": report["probe"].get("free_form", {}).get("kept") or report["probe"]["kept"],
                        "greedy_known": ratio_ci([base[i] for i in known], [tuned[i] for i in known]),
                        "all": ratio_ci(base, tuned), "known_n": len(known),
                        "first_sentence_all": ratio_ci(base_first, tuned_first),

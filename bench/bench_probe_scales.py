@@ -1,5 +1,6 @@
 """How fragile the alignment-tax probe is: one tuned adapter's LoRA update at several scales, each on the
-report's probe (the questions the base answers right: how many the tuned model still answers right).
+report's probe (the questions the base answers right: how many the tuned model still answers right), asked
+closed-book (greedy count and sampled ratio) and free-form (greedy: kept anywhere, and of those said first).
 
     python bench/bench_probe_scales.py RUN_DIR [RUN_DIR ...] --scales 0.1 0.25 0.5 0.75 1
 
@@ -17,7 +18,7 @@ import json
 from pathlib import Path
 
 from plumb.pipeline.export import export_adapter
-from plumb.pipeline.probe import probe
+from plumb.pipeline.probe import free_form, probe
 from plumb.pipeline.session import open_session
 
 
@@ -36,12 +37,14 @@ def main() -> None:
                                   str(first / "adapter.gguf"))
             for scale in args.scales:
                 p = probe(session, report["base_gguf"], str(gguf), scale=scale)
+                free = free_form(session, report["base_gguf"], str(gguf), scale=scale)
                 row = {"run": Path(run).name, "checkpoint": str(first.relative_to(run)), "scale": scale,
-                       "kept": p.kept.to_dict(), "said_first": p.said_first.to_dict(),
-                       "lost": [x["question"] for x in p.lost]}
+                       "often": p.often.to_dict() if p.often else None, "kept": p.kept.to_dict(),
+                       "free_form": {k: v.to_dict() for k, v in free.items()}, "lost": [x["question"] for x in p.lost]}
                 out.append(row)
-                print(f"{row['run']:45s} x{scale:<5g} kept {p.kept.k}/{p.kept.n}  said first {p.said_first.k}/"
-                      f"{p.said_first.n}  lost: {'; '.join(row['lost'])}", flush=True)
+                print(f"{row['run']:45s} x{scale:<5g} closed-book: often {p.often}, greedy kept {p.kept.k}/{p.kept.n}"
+                      f"  free-form: kept {free['kept'].k}/{free['kept'].n}, said first {free['said_first'].k}/"
+                      f"{free['said_first'].n}  lost (closed-book, greedy): {'; '.join(row['lost'])}", flush=True)
     print(json.dumps(out))
 
 

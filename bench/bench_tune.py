@@ -125,14 +125,17 @@ def show(row: dict) -> str:
     rep = row["report"]
     ev = rep["eval"]
     b, t, d = ev["base"], ev["tuned"], ev.get("difference") or {}
-    probe, first = rep["probe"]["kept"], rep["probe"].get("said_first") or {}
+    probe, free, often = rep["probe"]["kept"], rep["probe"].get("free_form") or {}, rep["probe"].get("often")
     m = ev.get("distinct2_matched") or {}
     lines = [f"{head}  checks {_rate(b['checks']['all'])} -> {_rate(t['checks']['all'])}  "
              f"diff {d.get('diff', 0):+.0%} [{d.get('lo', 0):+.0%},{d.get('hi', 0):+.0%}]  "
              f"words {b['mean_words']} -> {t['mean_words']}  distinct-2 {b['distinct2']:.2f} -> {t['distinct2']:.2f}"
              + (f" (length-matched {m['base']:.2f} -> {m['tuned']:.2f})" if m else "")
-             + f"  degenerate {b['degenerate']:.0%} -> {t['degenerate']:.0%}  facts kept {probe['k']}/{probe['n']}"
-             + (f" (said first {first['k']}/{first['n']})" if first else "")
+             + f"  degenerate {b['degenerate']:.0%} -> {t['degenerate']:.0%}"
+             + (f"  facts as often {often['ratio']:.2f} [{often['lo']:.2f},{often['hi']:.2f}]" if often else "")
+             + f"  greedy kept {probe['k']}/{probe['n']}"
+             + (f"  free-form kept {free['kept']['k']}/{free['kept']['n']} (said first {free['said_first']['k']}/"
+                f"{free['said_first']['n']})" if free else "")
              + f"  wall {row['wall_s']:.0f}s  peak {row['peak_mb']} MB"]
     lines.append("    per principle: " + "; ".join(
         f"{k} {b['checks'][k]['rate']:.0%}->{t['checks'][k]['rate']:.0%}" for k in b["checks"] if k != "all"))

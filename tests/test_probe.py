@@ -1,4 +1,5 @@
-"""The alignment-tax probe's tally: which facts the tuned model keeps, and which the base said first."""
+"""The alignment-tax probe: how often the tuned model says the facts the base knows, closed-book and plainly;
+the checkpoint choice that uses it."""
 
 from __future__ import annotations
 
@@ -21,35 +22,98 @@ def test_first_sentence():
     assert first_sentence("A list:\n- one") == "A list:"
 
 
-def test_probe_counts_what_is_kept_and_what_the_base_said_first(monkeypatch):
-    rows = [  # (base, tuned, accepted)
-        ("Berlin is the capital.", "The capital is Berlin.", ["Berlin"]),  # said first, kept
-        ("Bees are complex creatures. They make honey.", "Bees are complex creatures.", ["honey"]),  # said later, lost
-        ("The heart pumps blood.", "The human body has organs.", ["heart"]),  # said first, lost
-        ("A week is long.", "A week has 7 days.", ["7", "seven"]),  # the base did not know it
-    ]
-    result = SimpleNamespace(rows=[SimpleNamespace(prompt_id=i, prompt=f"q{i}", base=b, tuned=t)
-                                   for i, (b, t, _) in enumerate(rows)])
-    monkeypatch.setattr(probe_mod, "_questions", lambda session, split: {i: r[2] for i, r in enumerate(rows)})
-    monkeypatch.setattr(probe_mod, "compare", lambda *a, **k: result)
-    out = probe_mod.probe(None, "base.gguf", "adapter.gguf")
-    assert (out.n, out.base_right, out.tuned_right) == (4, 3, 2)
-    assert (out.kept.k, out.kept.n) == (1, 3) and not out.ok
-    assert (out.said_first.k, out.said_first.n) == (1, 2)
-    assert [(x["question"], x["base_said_first"]) for x in out.lost] == [("q1", False), ("q2", True)]
-    assert out.to_dict()["said_first"]["n"] == 2
+def _bundled(name):
+    import json
+    from importlib.resources import files
 
-    asked = []
+    text = (files("plumb.data") / name).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
-    def compare(session, opts, sink=None):  # the rows of the questions asked, as the compare stage gives them
-        asked.append((opts.sides, opts.prompt_ids))
-        return SimpleNamespace(rows=[r for r in result.rows if not opts.prompt_ids or r.prompt_id in opts.prompt_ids])
 
-    monkeypatch.setattr(probe_mod, "compare", compare)
-    first = probe_mod.probe(None, "base.gguf", "adapter.gguf", said_first_only=True)
-    # the base once on every question, then base and tuned on the two it answers in its first sentence
-    assert asked == [(("base",), ()), (("base", "tuned"), (0, 2))]
-    assert (first.said_first.k, first.said_first.n) == (first.kept.k, first.kept.n) == (1, 2)
+def test_probe_asks_closed_book_and_measures_how_often_the_facts_the_base_knows_are_said(workspace):
+    """The real compare stage and store under a backend with planted knowledge: the base knows the even
+    questions of the report's set; the tuned model says one of them greedily wrong and, sampled, says another
+    right only half the time. Closed-book the probe counts 23 of 24 kept greedily and 0.98 as often sampled
+    (ok); asked plainly, where the base reaches some facts only in a second sentence the tuned model drops,
+    those show as lost in the free-form count and not in the bar. Reruns reuse every stored answer."""
+    from plumb.core.backend import Backend
+    from plumb.core.hookspecs import hookimpl
+    from plumb.core.records import Completion
+    from plumb.pipeline.probe import SAMPLED, SHOTS, free_form, probe
+    from plumb.pipeline.session import open_session
+
+    facts = {r["q"]: (i, r["a"][0]) for i, r in enumerate(_bundled("probe_questions.jsonl"))}
+    asked: list[tuple[str, int, int]] = []  # (side, chats, n)
+
+    class Planted(Backend):
+        name = "llamacpp"
+
+        def generate(self, model, chats, params):
+            tuned = bool(model.lora)
+            asked.append(("tuned" if tuned else "base", len(chats), params.n))
+            out = []
+            for chat in chats:
+                i, answer = facts[chat.last_user]
+                closed = len(chat.messages) == 2 * len(SHOTS) + 1
+                texts = []
+                for j in range(params.n):
+                    knows = i % 2 == 0 and not (tuned and closed and (
+                        (i == 4 and params.temperature == 0) or (i == 6 and params.temperature > 0 and j % 2)))
+                    if closed:
+                        texts.append(f"{answer}." if knows else "I am not sure.")
+                    elif i % 4 == 0:  # the base says these first; so does the tuned model
+                        texts.append(f"It is {answer}. More words follow here." if not tuned else f"It is {answer}.")
+                    else:  # the base reaches these only in its second sentence; the tuned model stops before
+                        texts.append(f"Good question. It is {answer}." if knows and not tuned else "Good question.")
+                out.append([Completion(t, str(model), "llamacpp") for t in texts])
+            return out
+
+    class Fake:
+        @hookimpl
+        def plumb_register_backends(self, register):
+            register(Planted())
+
+    for name in ("base.gguf", "tuned.gguf"):
+        (workspace.root / name).write_bytes(b"stand-in")
+    with open_session(workspace.root) as session:
+        session.pm.unregister(name="plumb.plugins.llamacpp")
+        session.pm.register(Fake(), name="fake")
+        out = probe(session, "base.gguf", "tuned.gguf")
+        assert (out.n, out.base_right, out.tuned_right) == (48, 24, 23)
+        assert (out.kept.k, out.kept.n) == (23, 24) and [x["question"] for x in out.lost] == [
+            next(q for q, (i, _) in facts.items() if i == 4)]
+        assert out.often.n == 24 and out.often.base == 1.0
+        assert abs(out.often.value - (23 + 0.5) / 24) < 1e-9 and out.often.lo < out.often.value <= out.often.hi
+        assert out.ok and out.to_dict()["often"]["ratio"] == out.often.value
+        # base greedy on all 48, tuned greedy on all 48, then both sides sampled on the 24 the base knows
+        assert asked == [("base", 48, 1), ("tuned", 48, 1), ("base", 24, SAMPLED.n), ("tuned", 24, SAMPLED.n)]
+        stored = session.store.one("SELECT count(*) FROM samples WHERE params LIKE ?", (f'%"n": {SAMPLED.n},%',))[0]
+        assert stored == 2 * 24 * SAMPLED.n
+
+        asked.clear()
+        again = probe(session, "base.gguf", "tuned.gguf")
+        assert asked == [] and again.often == out.often  # every answer stored: nothing asked again
+
+        free = free_form(session, "base.gguf", "tuned.gguf")
+        assert (free["kept"].k, free["kept"].n) == (12, 24)  # the second-sentence facts are lost...
+        assert (free["said_first"].k, free["said_first"].n) == (12, 12)  # ...the ones said first are kept
+
+        # the choice's way: the tuned model is asked only the facts the base knows (the dev set, planted the
+        # same way by its own order)
+        facts.update({r["q"]: (i, r["a"][0]) for i, r in enumerate(_bundled("probe_dev_questions.jsonl"))})
+        asked.clear()
+        dev = probe(session, "base.gguf", "tuned.gguf", split="facts-dev", known_only=True)
+        assert dev.base_right == 24 and asked[1] == ("tuned", 24, 1) and dev.ok
+
+
+def test_the_bar_fails_when_the_tuned_model_says_the_facts_less_often():
+    from plumb.pipeline.probe import Probe, ratio
+
+    often = ratio([1.0] * 20, [1.0] * 16 + [0.5] * 4)  # 18 of 20: 0.90
+    assert abs(often.value - 0.9) < 1e-9 and often.lo <= 0.9 <= often.hi
+    assert not Probe(often=often).ok
+    assert Probe(often=ratio([1.0] * 20, [1.0] * 19 + [0.0])).ok  # 0.95: at the bar
+    assert Probe().ok  # nothing the base knows: nothing to lose
 
 
 def test_length_matched_distinct2_counts_the_same_bigrams_on_both_sides():
@@ -100,10 +164,10 @@ def test_the_choice_probes_best_first_and_scales_down_only_when_every_checkpoint
     from pathlib import Path
 
     from plumb.pipeline import tune_stages as st
-    from plumb.pipeline.stats import Rate
+    from plumb.pipeline.probe import Probe, ratio
     from plumb.train import checkpoint
 
-    said_first = {}  # (checkpoint name, scale) -> facts the base says first kept, of 24
+    kept = {}  # (checkpoint name, scale) -> facts said as often as the base, of 24 (each 1.0 or 0.0)
     checks = {"round1/step-4": 0.80, "round1/step-8": 0.90}
     dev, asked, scaled = [], [], []
 
@@ -115,7 +179,8 @@ def test_the_choice_probes_best_first_and_scales_down_only_when_every_checkpoint
 
     def facts(self, cand):
         asked.append((cand["name"], cand["scale"]))
-        cand["first"] = Rate(said_first[cand["name"].split(" ")[0], cand["scale"]], 24)
+        k = kept[cand["name"].split(" ")[0], cand["scale"]]
+        cand["facts"] = Probe(often=ratio([1.0] * 24, [1.0] * k + [0.0] * (24 - k)))
         return cand
 
     monkeypatch.setattr(st.Run, "_dev", dev_score)
@@ -138,29 +203,29 @@ def test_the_choice_probes_best_first_and_scales_down_only_when_every_checkpoint
         return r.choose()
 
     # the best by the checks keeps the facts: it ships, and the probe asks no other checkpoint
-    said_first.update({("round1/step-4", 1.0): 24, ("round1/step-8", 1.0): 24})
+    kept.update({("round1/step-4", 1.0): 24, ("round1/step-8", 1.0): 24})
     gguf, choice, _ = run()
     assert choice["chosen"] == "round1/step-8" and gguf == tmp_path / "step-8/adapter.gguf"
     assert dev == [("round1/step-4", 1.0), ("round1/step-8", 1.0)] and asked == [("round1/step-8", 1.0)]
-    assert list(choice["dev_facts_said_first_kept"]) == ["round1/step-8"]
+    assert list(choice["dev_facts"]) == ["round1/step-8"]
     # progress after each checkpoint, also where the output is not a terminal
     assert [(e.step, e.total) for e in events if e.kind == "progress"] == [(1, 2), (2, 2)]
 
     # it loses them: the next best by the checks is asked, keeps them, ships; no scale tried
-    said_first[("round1/step-8", 1.0)] = 20
+    kept[("round1/step-8", 1.0)] = 20
     gguf, choice, _ = run()
     assert choice["chosen"] == "round1/step-4" and choice["scale"] == 1.0 and gguf == tmp_path / "step-4/adapter.gguf"
     assert asked == [("round1/step-8", 1.0), ("round1/step-4", 1.0)] and not scaled
 
     # both lose facts: the best by the checks (step-8) is scaled down to the largest scale that keeps them
-    said_first.update({("round1/step-4", 1.0): 21, ("round1/step-8", 0.75): 22, ("round1/step-8", 0.5): 23})
+    kept.update({("round1/step-4", 1.0): 21, ("round1/step-8", 0.75): 22, ("round1/step-8", 0.5): 23})
     gguf, choice, _ = run()
     assert asked[2:] == [("round1/step-8 x0.75", 0.75), ("round1/step-8 x0.5", 0.5)]
     assert choice["chosen"] == "round1/step-8 x0.5" and choice["scale"] == 0.5
     assert scaled == [(str(tmp_path / "step-8/adapter"), 0.5)] and gguf == tmp_path / "step-8/adapter-x0.5.gguf"
 
     # no scale clears the bar: the unscaled checkpoint keeping the most (a scale keeping more is not shipped)
-    said_first[("round1/step-8", 0.5)] = 22
+    kept[("round1/step-8", 0.5)] = 22
     gguf, choice, _ = run()
     assert len(asked) == 4 and not scaled
     assert choice["chosen"] == "round1/step-4" and choice["scale"] == 1.0 and "keeping the most" in choice["why"]
@@ -168,7 +233,8 @@ def test_the_choice_probes_best_first_and_scales_down_only_when_every_checkpoint
 
 def test_no_probe_question_is_a_prompt_tune_trains_on():
     """The alignment-tax probe measures what tuning did not teach: its questions (both sets) are not among the
-    bundled tune prompts, and the report's set shares none with the set the checkpoint is chosen by."""
+    bundled tune prompts, the report's set shares none with the set the checkpoint is chosen by, and the
+    closed-book format's worked turns are none of them."""
     import json
     from importlib.resources import files
 
@@ -177,6 +243,8 @@ def test_no_probe_question_is_a_prompt_tune_trains_on():
         return {json.loads(line)[key].strip().lower() for line in text.splitlines() if line.strip()}
 
     tune = questions("tune_prompts.jsonl", "prompt")
-    probe, dev = (questions(probe_mod.SETS[s], "q") for s in ("probe", "probe-dev"))
-    assert len(probe) == len(dev) == 48
+    probe, dev = (questions(probe_mod.QUESTIONS[s], "q") for s in ("report", "dev"))
+    shots = {q.lower() for q, _ in probe_mod.SHOTS}
+    assert len(probe) == len(dev) == 48 and len(shots) == 4
     assert not probe & tune and not dev & tune and not probe & dev
+    assert not shots & (probe | dev | tune)  # the worked turns ask nothing the probe or tuning asks

@@ -72,9 +72,11 @@ def tune(ctx, constitution, model, train_model, judge, critic, method, rounds, p
                + f"; mean words {ev['base']['mean_words']} -> {ev['tuned']['mean_words']}; "
                f"distinct-2 {ev['base']['distinct2']:.2f} -> {ev['tuned']['distinct2']:.2f}")
     tax = out.report.get("probe")
-    if tax and tax["kept"]["n"]:
-        click.echo(f"facts kept (alignment-tax probe): {tax['kept']['k']}/{tax['kept']['n']} the base knew "
-                   f"({tax['kept']['rate']:.0%}; {'ok' if tax['ok'] else 'below ' + format(tax['threshold'], '.0%')})")
+    if tax and tax.get("often"):
+        o = tax["often"]
+        click.echo(f"facts (alignment-tax probe, closed-book): the tuned model answers the {o['n']} the base knew "
+                   f"{o['ratio']:.2f}x as often (95% CI {o['lo']:.2f}-{o['hi']:.2f}; "
+                   f"{'ok' if tax['ok'] else 'below ' + format(tax['threshold'], '.2f')})")
     if ev.get("win_rate"):
         w = ev["win_rate"]
         click.echo(f"judge prefers tuned: {w['rate']:.0%} (95% CI {w['lo']:.0%}-{w['hi']:.0%}, n {w['n']})")

@@ -4,8 +4,9 @@ llama.cpp loads the base GGUF once and applies the GGUF LoRA at scale 0 (the
 base) and 1 (tuned). Both sides answer the same prompts (greedy by default),
 every answer is stored with its provenance (the model recorded as
 ``llamacpp:BASE+lora:ADAPTER@SCALE``), and each is scored by the
-constitution's checks. Answers already stored for the same model, parameters
-and constitution are reused, so a rerun only asks for what is missing.
+constitution's checks (the first answer of each prompt, where ``params.n`` asks
+for several). Answers already stored for the same model, parameters and
+constitution are reused, so a rerun only asks for what is missing.
 
 The prompts are a split's (the first ``limit``), given stored prompts, or one
 typed prompt (stored as a prompt of the split first). A person's blind
@@ -62,6 +63,7 @@ class Compared:
     checks: dict[str, float]  # side -> pooled share of the constitution's checks passed
     constitution_hash: str
     scores: dict[str, float] = field(default_factory=dict)  # side -> mean graded score (plumb.core.checks)
+    samples: dict[str, list[list[str]]] = field(default_factory=dict)  # side -> per row, its params.n answers
 
 
 def side_spec(opts: CompareOptions, side: str) -> ModelSpec:
@@ -102,6 +104,7 @@ def compare(session: Session, opts: CompareOptions, sink: EventSink | None = Non
     emit(Event("stage", stage="compare", total=len(opts.sides) * len(prompts),
                message=f"{' vs '.join(opts.sides)} on {len(prompts)} {opts.split} prompts"))
     answers: dict[str, list[str]] = {}
+    samples: dict[str, list[list[str]]] = {}
     ids: dict[str, list[int]] = {}
     checks: dict[str, float] = {}
     scores: dict[str, float] = {}
@@ -110,15 +113,18 @@ def compare(session: Session, opts: CompareOptions, sink: EventSink | None = Non
         prov = Provenance(model=f"{spec}@{scale:g}", backend=opts.backend, params=opts.params.to_dict(),
                           constitution_hash=const.hash)
         have = session.store.samples_made(prov, [p["id"] for p in prompts])
-        missing = [i for i, p in enumerate(prompts) if not have[p["id"]]]
-        if missing:
-            batches, plugin, version = session.pm.generate(spec, [chats[i] for i in missing], opts.params)
+        n = opts.params.n
+        for need in sorted({max(0, n - len(have[p["id"]])) for p in prompts} - {0}, reverse=True):
+            missing = [i for i, p in enumerate(prompts) if n - len(have[p["id"]]) == need]
+            asked = SamplingParams(**{**opts.params.to_dict(), "n": need})
+            batches, plugin, version = session.pm.generate(spec, [chats[i] for i in missing], asked)
             made = Provenance(**{**prov.__dict__, "plugin": plugin, "plugin_version": version})
             with session.store.transaction():
                 for i, batch in zip(missing, batches):
-                    session.store.add_sample(prompts[i]["id"], batch[0].text, made,
-                                             finish_reason=batch[0].finish_reason)
-            have = session.store.samples_made(prov, [p["id"] for p in prompts])
+                    for c in batch:
+                        session.store.add_sample(prompts[i]["id"], c.text, made, finish_reason=c.finish_reason)
+        have = session.store.samples_made(prov, [p["id"] for p in prompts])
+        samples[side] = [[r["text"] for r in have[p["id"]][:n]] for p in prompts]
         answers[side] = [have[p["id"]][0]["text"] for p in prompts]
         ids[side] = [have[p["id"]][0]["id"] for p in prompts]
         checked = check_texts(session.pm, const, answers[side], str(spec))
@@ -129,7 +135,7 @@ def compare(session: Session, opts: CompareOptions, sink: EventSink | None = Non
     tuned = "tuned" if "tuned" in answers else "base"
     rows = [Row(p["text"], b, t, p["id"], bi, ti)
             for p, b, t, bi, ti in zip(prompts, answers["base"], answers[tuned], ids["base"], ids[tuned])]
-    return Compared(rows, checks, const.hash, scores)
+    return Compared(rows, checks, const.hash, scores, samples)
 
 
 _HUMAN_ON = ("FROM judgments j JOIN samples sa ON sa.id = j.a_id JOIN samples sb ON sb.id = j.b_id"

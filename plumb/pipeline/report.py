@@ -116,10 +116,34 @@ def _pct(rate: dict[str, Any] | None) -> str:
     return f"{rate['rate']:.0%} ({rate['k']}/{rate['n']}, {rate['lo']:.0%}-{rate['hi']:.0%})"
 
 
+def _often(often: dict[str, Any]) -> str:
+    return f"{often['ratio']:.2f}x (95% CI {often['lo']:.2f}-{often['hi']:.2f}, {often['n']} facts)"
+
+
+def _tax_lines(tax: dict[str, Any]) -> list[str]:
+    if not tax["n"]:
+        return []
+    lines = [f"Alignment-tax probe ({tax['format']}): {tax['n']} short questions with known answers, asked after "
+             "worked question/answer turns so both sides answer in a word or a phrase; the base answers "
+             f"{tax['base_right']} right greedily."]
+    if tax["often"]:
+        o = tax["often"]
+        lines[0] += (f" On those, asked {tax['samples']} times each at temperature {tax['temperature']:g}, the tuned "
+                     f"model answers right **{_often(o)}** as often as the base (P(correct) {o['tuned']:.2f} vs "
+                     f"{o['base']:.2f}; {'ok' if tax['ok'] else 'below'} the {tax['threshold']:.0%} bar). One greedy "
+                     f"answer each: the tuned model keeps {_pct(tax['kept'])}.")
+    free = tax.get("free_form") or {}
+    if free.get("kept", {}).get("n"):
+        lines[0] += (f" Asked plainly (greedy, free-form), it still says {_pct(free['kept'])} of the facts the base "
+                     f"says anywhere in its answer, and {_pct(free['said_first'])} of those the base says in its "
+                     "first sentence (a shorter answer drops the facts a long one mentions on the way).")
+    return lines + [""]
+
+
 def _choice_line(choice: dict[str, Any]) -> str:
-    first = choice.get("dev_facts_said_first_kept", {})
-    each = "; ".join(f"{k}: checks {v:.0%}" + (f", facts the base says first kept {_pct(first[k])}" if k in first else "")
-                     for k, v in choice["dev_checks"].items())
+    facts = choice.get("dev_facts", {})
+    each = "; ".join(f"{k}: checks {v:.0%}" + (f", facts answered {_often(facts[k])} as often as the base"
+                                               if facts.get(k) else "") for k, v in choice["dev_checks"].items())
     scaled = (f" (its LoRA update scaled by {choice['scale']:g}, between the base and the checkpoint: every "
               "checkpoint lost facts)" if choice.get("scale", 1.0) != 1.0 else "")
     return (f"Checkpoint **{choice['chosen']}**{scaled}, {choice.get('why', 'the most dev checks passed')} (dev prompts "
@@ -155,14 +179,7 @@ def _markdown(report: dict[str, Any], const: Any, result: Any, charts: list[Path
     if d:
         lines += [f"Pooled checks, tuned - base: **{d['diff']:+.1%}** (95% interval {d['lo']:+.1%} to {d['hi']:+.1%}, "
                   f"paired bootstrap over {d['prompts']} prompts).", ""]
-    tax = report["probe"]
-    if tax["n"]:
-        lines += [f"Alignment-tax probe: {tax['n']} short questions with known answers; the base answers "
-                  f"{tax['base_right']} right, the tuned model keeps {_pct(tax['kept'])} of those "
-                  f"({'ok' if tax['ok'] else 'below'} the {tax['threshold']:.0%} bar); tuned right overall "
-                  f"{tax['tuned_right']}."
-                  + (f" Of the {tax['said_first']['n']} the base says in its first sentence, the tuned keeps "
-                     f"{_pct(tax['said_first'])}." if tax.get("said_first", {}).get("n") else ""), ""]
+    lines += _tax_lines(report["probe"])
     win = report["eval"]["win_rate"]
     if win:
         lines += [f"Judge ({win['judge']}) prefers tuned over base: {win['rate']:.0%} (95% CI {win['lo']:.0%}-"

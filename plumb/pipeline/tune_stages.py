@@ -25,7 +25,7 @@ from plumb.pipeline.evaluate import EvalOptions, evaluate
 from plumb.pipeline.export import export_adapter, scaled_adapter
 from plumb.pipeline.judge import JudgeOptions, judge
 from plumb.pipeline.pairs import build
-from plumb.pipeline.probe import KEEP, probe
+from plumb.pipeline.probe import KEEP, free_form, probe
 from plumb.pipeline.recipes import RECIPES, Recipe
 from plumb.pipeline.sample import SampleOptions, sample
 from plumb.pipeline.session import Session
@@ -287,15 +287,12 @@ class Run:
     def choose(self) -> tuple[Path, dict[str, Any], Trained]:
         """Every round's checkpoints as GGUF LoRAs, each scored on the dev prompts by the checks, then, the best
         by the checks first, on the dev probe (facts the base knows, not the questions the report's probe asks).
-        The first keeping at least ``probe.KEEP`` of the facts the base says in its first sentence ships: the
-        best by the checks among those that keep them, the earliest among equals (less drift for the same
-        score), and the ones after it are not asked. When none keeps that many, the update of
+        The first that answers them at least ``probe.KEEP`` as often as the base (closed-book, sampled:
+        pipeline.probe) ships: the best by the checks among those that keep them, the earliest among equals
+        (less drift for the same score), and the ones after it are not asked. When none keeps them, the update of
         the best by the checks is scaled down (``SCALES``: the weights between the base and it, the model
         averaging that Lin et al. 2023 found the best trade against RLHF's alignment tax) and the largest
-        scale that keeps them ships; when none does, the unscaled checkpoint keeping the most. (A fact the
-        base only reaches after its first sentence is lost by any style that shortens answers, at every
-        checkpoint alike: on the starter that alone put every checkpoint under the bar and made the choice a coin toss
-        between 1-2 facts, bench/RESULTS.md; so each candidate is asked only those questions.) Returns its
+        scale that keeps them ships; when none does, the unscaled checkpoint keeping the most. Returns its
         GGUF, the choice and its training run."""
         from plumb.train import checkpoint
 
@@ -304,7 +301,7 @@ class Run:
             raise PlumbError(f"the training run left no checkpoints in {self.trained[-1].out_dir}.")
         self.emit(Event("stage", stage="choose", total=len(found),
                         message=f"{len(found)} checkpoints on {self.sizes.dev_prompts} dev prompts by the checks, "
-                                f"then on the dev probe questions the base answers in its first sentence"))
+                                f"then on the dev probe's facts the base knows"))
         unscaled = []
         for k, (t, ckpt) in enumerate(found, 1):
             gguf = export_adapter(self.session, str(ckpt / "adapter"), self.train_model.removeprefix("hf:"),
@@ -331,7 +328,7 @@ class Run:
         # with none keeping the facts, the unscaled checkpoint keeping the most: a scale that does not clear the
         # bar is not shipped (on concise-writer x0.5 kept 2 dev facts more, 21 vs 19 of 23, within the noise,
         # for -17 points on the held-out checks, bench/RESULTS.md)
-        best = kept or max(unscaled, key=lambda c: (c["first"].value, c["checks"]))
+        best = kept or max(unscaled, key=lambda c: (c["facts"].often.value if c["facts"].often else 0.0, c["checks"]))
         gguf = best["gguf"]
         if best["scale"] != 1.0:
             adapter = scaled_adapter(best["adapter"], best["scale"])
@@ -340,10 +337,10 @@ class Run:
         choice = {"chosen": best["name"], "scale": best["scale"],
                   "dev_checks": {c["name"]: c["checks"][0] for c in unscaled + [c for c in probed if c["scale"] != 1.0]},
                   "dev_checks_base": unscaled[0]["dev_base"],
-                  "dev_facts_said_first_kept": {c["name"]: c["first"].to_dict() for c in probed},
-                  "why": ("the most dev checks passed among the candidates keeping at least "
-                          f"{KEEP:.0%} of the dev probe's facts the base says first" if kept else
-                          f"no candidate kept {KEEP:.0%} of the dev probe's facts the base says first, at any "
+                  "dev_facts": {c["name"]: c["facts"].to_dict()["often"] for c in probed},
+                  "why": ("the most dev checks passed among the candidates answering the dev probe's facts at "
+                          f"least {KEEP:.0%} as often as the base" if kept else
+                          f"no candidate answered the dev probe's facts {KEEP:.0%} as often as the base, at any "
                           "scale: the checkpoint keeping the most")}
         return Path(gguf), choice, best["trained"]
 
@@ -357,13 +354,13 @@ class Run:
                 "adapter": adapter, "gguf": gguf, "scale": scale, "trained": trained}
 
     def _facts(self, cand: dict[str, Any]) -> dict[str, Any]:
-        """The candidate on the dev probe questions the base answers in its first sentence (``cand["first"]``)."""
+        """The candidate on the dev probe's facts the base knows (``cand["facts"]``, a ``probe.Probe``)."""
         facts = probe(self.session, self.base_gguf, cand["gguf"], self.opts.constitution,
-                      limit=self.sizes.probe_questions, split="probe-dev", backend=self.backend,
-                      said_first_only=True, scale=cand["scale"])
-        cand["first"] = facts.said_first
-        self.emit(Event("log", message=f"candidate {cand['name']}: dev checks {cand['checks'][0]:.0%}, facts the "
-                                       f"base says first kept {facts.said_first}"))
+                      limit=self.sizes.probe_questions, split="facts-dev", backend=self.backend,
+                      known_only=True, scale=cand["scale"])
+        cand["facts"] = facts
+        self.emit(Event("log", message=f"candidate {cand['name']}: dev checks {cand['checks'][0]:.0%}, facts "
+                                       f"answered, tuned over base {facts.often}"))
         return cand
 
     # -- 9. evaluate -----------------------------------------------------------------------------
@@ -373,6 +370,8 @@ class Run:
                                                     limit=self.sizes.eval_prompts, backend=self.backend), self.emit)
         tax = probe(self.session, self.base_gguf, adapter_gguf, self.opts.constitution, self.emit,
                     self.sizes.probe_questions, backend=self.backend)
+        tax.free_form = free_form(self.session, self.base_gguf, adapter_gguf, self.opts.constitution, self.emit,
+                                  self.sizes.probe_questions, backend=self.backend)
         return result, tax
 
     def summary(self) -> dict[str, Any]:
@@ -384,7 +383,7 @@ class Run:
 
 
 def _keeps(cand: dict[str, Any]) -> bool:
-    return not cand["first"].n or cand["first"].value >= KEEP
+    return cand["facts"].ok
 
 
 METHOD_WHY = {
