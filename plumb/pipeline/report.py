@@ -130,7 +130,7 @@ def _tax_lines(tax: dict[str, Any]) -> list[str]:
         o = tax["often"]
         lines[0] += (f" On those, asked {tax['samples']} times each at temperature {tax['temperature']:g}, the tuned "
                      f"model answers right **{_often(o)}** as often as the base (P(correct) {o['tuned']:.2f} vs "
-                     f"{o['base']:.2f}; {'ok' if tax['ok'] else 'below'} the {tax['threshold']:.0%} bar). One greedy "
+                     f"{o['base']:.2f}; {'meets' if tax['ok'] else 'below'} the {tax['threshold']:.0%} bar). One greedy "
                      f"answer each: the tuned model keeps {_pct(tax['kept'])}.")
     free = tax.get("free_form") or {}
     if free.get("kept", {}).get("n"):

@@ -53,13 +53,15 @@ def sampling_seconds(sizes: Any) -> float:
 
 def reserve_seconds(sizes: Any, rounds: int = 1) -> float:
     """What the stages after training cost (seconds, 2 cores, the starter): the checkpoint choice (each
-    candidate, the scaled ones too, on the dev prompts and the half of the dev probe the base answers in its
-    first sentence, the base once), the held-out evaluation and the probe (both sides), exports and the report."""
+    candidate, the scaled ones too, on the dev prompts and on the dev probe's facts the base knows, greedily
+    and 8 times sampled, the base once), the held-out evaluation and the probe (closed-book and free-form,
+    both sides), exports and the report. The probe's terms are measured: ~9 s a side on the ~21 dev facts,
+    ~22 s closed-book and ~31 s free-form for both sides of the report's 48 questions."""
     per = SAMPLE_S * sizes.max_tokens / 128
-    one = per * sizes.dev_prompts + 0.2 * per * sizes.probe_questions  # one side of the choice's questions
+    one = per * sizes.dev_prompts + 0.3 * per * sizes.probe_questions  # one side of the choice's questions
     weighed = candidates(sizes, rounds) + len(SCALES)
     return (one * (weighed + 1) + 10 * weighed
-            + 2 * per * sizes.eval_prompts + 0.4 * per * 2 * sizes.probe_questions + 25)
+            + 2 * per * sizes.eval_prompts + 0.9 * per * 2 * sizes.probe_questions + 25)
 
 
 def candidates(sizes: Any, rounds: int) -> int:
