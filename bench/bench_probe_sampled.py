@@ -24,28 +24,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
 
 from plumb.core.records import Chat, ModelSpec, SamplingParams
 from plumb.pipeline.compare import CompareOptions, compare
-from plumb.pipeline.probe import FREE_FORM, _questions, first_sentence, right
+from plumb.pipeline.probe import FREE_FORM, _questions, first_sentence, ratio, right
 from plumb.pipeline.session import open_session
 
 
-def ratio_ci(base: list[float], tuned: list[float], draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """sum(tuned) / sum(base) with a 95% percentile bootstrap interval over the questions."""
-    rng = random.Random(seed)
-    n = len(base)
-    point = sum(tuned) / max(sum(base), 1e-9)
-    boots = []
-    for _ in range(draws):
-        idx = [rng.randrange(n) for _ in range(n)]
-        b = sum(base[i] for i in idx)
-        if b:
-            boots.append(sum(tuned[i] for i in idx) / b)
-    boots.sort()
-    return point, boots[int(0.025 * len(boots))], boots[int(0.975 * len(boots)) - 1]
+def ratio_ci(base: list[float], tuned: list[float]) -> tuple[float, float, float]:
+    """sum(tuned) / sum(base) with its 95% bootstrap interval over the questions (``probe.ratio``)."""
+    r = ratio(base, tuned)
+    return r.value, r.lo, r.hi
 
 
 def p_correct(session, spec: ModelSpec, prompts, accepted, params: SamplingParams) -> tuple[list[float], list[float]]:

@@ -384,7 +384,7 @@ def test_compare_takes_one_typed_prompt_reuses_its_answers_and_counts_verdicts(w
     adapter), a rerun reuses the stored answers; a person's verdict moves the win counts and the next
     unjudged eval prompt."""
     from plumb.core.backend import Backend
-    from plumb.core.hookspecs import hookimpl
+    from tests.fake_backend import serve_llamacpp
     from plumb.core.records import Completion
     from plumb.pipeline.compare import CompareOptions, compare, next_unjudged, side_models, win_counts
     from plumb.pipeline.label import LabelPair, record
@@ -400,16 +400,8 @@ def test_compare_takes_one_typed_prompt_reuses_its_answers_and_counts_verdicts(w
             side = "tuned" if model.lora else "base"
             return [[Completion(f"{side}: {c.last_user}", str(model), "llamacpp")] for c in chats]
 
-    class Fake:
-        @hookimpl
-        def plumb_register_backends(self, register):
-            register(Sides())
-
-    for name in ("base.gguf", "tuned.gguf"):
-        (workspace.root / name).write_bytes(b"stand-in")
     with open_session(workspace.root) as session:
-        session.pm.unregister(name="plumb.plugins.llamacpp")
-        session.pm.register(Fake(), name="fake")
+        serve_llamacpp(session.pm, Sides(), ("base.gguf", "tuned.gguf"), workspace.root)
         opts = CompareOptions("base.gguf", "tuned.gguf", prompt="Why is the sky blue?")
         (row,) = compare(session, opts).rows
         assert (row.prompt, row.base, row.tuned) == ("Why is the sky blue?", "base: Why is the sky blue?",

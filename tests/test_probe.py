@@ -37,7 +37,7 @@ def test_probe_asks_closed_book_and_measures_how_often_the_facts_the_base_knows_
     (ok); asked plainly, where the base reaches some facts only in a second sentence the tuned model drops,
     those show as lost in the free-form count and not in the bar. Reruns reuse every stored answer."""
     from plumb.core.backend import Backend
-    from plumb.core.hookspecs import hookimpl
+    from tests.fake_backend import serve_llamacpp
     from plumb.core.records import Completion
     from plumb.pipeline.probe import SAMPLED, SHOTS, free_form, probe
     from plumb.pipeline.session import open_session
@@ -68,16 +68,8 @@ def test_probe_asks_closed_book_and_measures_how_often_the_facts_the_base_knows_
                 out.append([Completion(t, str(model), "llamacpp") for t in texts])
             return out
 
-    class Fake:
-        @hookimpl
-        def plumb_register_backends(self, register):
-            register(Planted())
-
-    for name in ("base.gguf", "tuned.gguf"):
-        (workspace.root / name).write_bytes(b"stand-in")
     with open_session(workspace.root) as session:
-        session.pm.unregister(name="plumb.plugins.llamacpp")
-        session.pm.register(Fake(), name="fake")
+        serve_llamacpp(session.pm, Planted(), ("base.gguf", "tuned.gguf"), workspace.root)
         out = probe(session, "base.gguf", "tuned.gguf")
         assert (out.n, out.base_right, out.tuned_right) == (48, 24, 23)
         assert (out.kept.k, out.kept.n) == (23, 24) and [x["question"] for x in out.lost] == [
