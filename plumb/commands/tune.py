@@ -44,9 +44,9 @@ def tune(ctx, constitution, model, train_model, judge, critic, method, rounds, p
     Samples k answers per prompt, ranks them by the principles' graded code checks (an AI
     judge joins only after it agrees with the checks on this run), trains a LoRA on each
     prompt's best answer (by default; three on-policy rounds, each sampling from the
-    adapter so far), keeps the checkpoint that does best on dev prompts, exports it as a
-    GGUF LoRA and compares base and tuned on held-out prompts and on a probe of facts the
-    base knows. Writes OUT/report.md, OUT/report.json and charts.
+    adapter so far), keeps the checkpoint that does best on dev prompts while keeping the
+    facts the base knows, exports it as a GGUF LoRA and compares base and tuned on held-out
+    prompts and on a closed-book probe of those facts. Writes OUT/report.md, OUT/report.json and charts.
     """
     import json
 

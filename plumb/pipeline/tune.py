@@ -15,7 +15,8 @@ stage measures as useless stops early so that the time goes into learning:
                  (default 3 for sft and dpo) samples new prompts from the adapter so far and
                  trains on (on-policy); the training time is what the budget leaves after a
                  reserve for the stages below
-    7. choose    the checkpoint that passes the most checks on the dev prompts
+    7. choose    the checkpoint that passes the most checks on the dev prompts among those that answer the
+                 dev probe's facts at least 0.95 times as often as the base (pipeline.probe)
     8. export    the adapter as a GGUF LoRA on the same base GGUF
     9. evaluate  base vs tuned on the held-out prompts, and the alignment-tax probe
    10. report    DIR/report.md, DIR/report.json, PNG charts
