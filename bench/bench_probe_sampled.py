@@ -28,12 +28,13 @@ from pathlib import Path
 
 from plumb.core.records import Chat, ModelSpec, SamplingParams
 from plumb.pipeline.compare import CompareOptions, compare
-from plumb.pipeline.probe import FREE_FORM, _questions, first_sentence, ratio, right
+from plumb.pipeline.probe import FREE_FORM, _questions, first_sentence, right
+from plumb.pipeline.stats import ratio
 from plumb.pipeline.session import open_session
 
 
 def ratio_ci(base: list[float], tuned: list[float]) -> tuple[float, float, float]:
-    """sum(tuned) / sum(base) with its 95% bootstrap interval over the questions (``probe.ratio``)."""
+    """sum(tuned) / sum(base) with its 95% bootstrap interval over the questions (``stats.ratio``)."""
     r = ratio(base, tuned)
     return r.value, r.lo, r.hi
 

@@ -99,7 +99,8 @@ def test_probe_asks_closed_book_and_measures_how_often_the_facts_the_base_knows_
 
 
 def test_the_bar_fails_when_the_tuned_model_says_the_facts_less_often():
-    from plumb.pipeline.probe import Probe, ratio
+    from plumb.pipeline.probe import Probe
+    from plumb.pipeline.stats import ratio
 
     often = ratio([1.0] * 20, [1.0] * 16 + [0.5] * 4)  # 18 of 20: 0.90
     assert abs(often.value - 0.9) < 1e-9 and often.lo <= 0.9 <= often.hi
@@ -156,7 +157,8 @@ def test_the_choice_probes_best_first_and_scales_down_only_when_every_checkpoint
     from pathlib import Path
 
     from plumb.pipeline import tune_stages as st
-    from plumb.pipeline.probe import Probe, ratio
+    from plumb.pipeline.probe import Probe
+    from plumb.pipeline.stats import ratio
     from plumb.train import checkpoint
 
     kept = {}  # (checkpoint name, scale) -> facts said as often as the base, of 24 (each 1.0 or 0.0)

@@ -27,7 +27,7 @@ from plumb.core.diversity import degenerate, distinct2, distinct2_matched
 from plumb.core.store import Provenance
 from plumb.pipeline.compare import CompareOptions, compare
 from plumb.pipeline.session import Session
-from plumb.pipeline.stats import Rate
+from plumb.pipeline.stats import Rate, bootstrap
 
 
 @dataclass
@@ -78,21 +78,17 @@ class Evaluation:
 def paired_difference(base: list[tuple[int, int]], tuned: list[tuple[int, int]], draws: int = 2000,
                       seed: int = 0) -> dict[str, float]:
     """Pooled pass rate tuned - base over the same prompts, and its 95% interval by resampling prompts."""
-    import random
-
     n = sum(t for _, t in base)
     if not base or not n or len(base) != len(tuned):
         return {}
     diff = (sum(k for k, _ in tuned) - sum(k for k, _ in base)) / n
-    rng = random.Random(seed)
-    idx = range(len(base))
-    boot = []
-    for _ in range(draws):
-        pick = [rng.choice(idx) for _ in idx]
+
+    def of(pick: list[int]) -> float:
         total = sum(base[i][1] for i in pick)
-        boot.append((sum(tuned[i][0] for i in pick) - sum(base[i][0] for i in pick)) / total if total else 0.0)
-    boot.sort()
-    return {"diff": diff, "lo": boot[int(0.025 * draws)], "hi": boot[int(0.975 * draws) - 1], "prompts": len(base)}
+        return (sum(tuned[i][0] for i in pick) - sum(base[i][0] for i in pick)) / total if total else 0.0
+
+    lo, hi = bootstrap(len(base), of, draws, seed)
+    return {"diff": diff, "lo": lo, "hi": hi, "prompts": len(base)}
 
 
 def measure(session: Session, const: Any, texts: list[str]) -> Side:

@@ -27,7 +27,6 @@ Two sets that share no question: ``probe_questions.jsonl`` is the held-out measu
 from __future__ import annotations
 
 import json
-import random
 import re
 from dataclasses import dataclass, field, replace
 from importlib.resources import files
@@ -38,7 +37,7 @@ from plumb.core.records import EventSink, SamplingParams
 from plumb.pipeline.compare import CompareOptions, compare
 from plumb.pipeline.learn import SENTENCE_END
 from plumb.pipeline.session import Session
-from plumb.pipeline.stats import Rate
+from plumb.pipeline.stats import Rate, Ratio, ratio
 
 QUESTIONS = {"report": "probe_questions.jsonl", "dev": "probe_dev_questions.jsonl"}  # the two bundled sets
 SPLITS = {"facts": ("report", True), "facts-dev": ("dev", True), "probe": ("report", False)}  # -> (set, shots)
@@ -48,41 +47,6 @@ KEEP = 0.95
 GREEDY = SamplingParams(n=1, temperature=0.0, max_tokens=24, seed=0)  # closed-book: which facts the base knows
 SAMPLED = SamplingParams(n=8, temperature=0.7, top_p=1.0, max_tokens=24, seed=0)  # how often each side says them
 FREE_FORM = SamplingParams(n=1, temperature=0.0, max_tokens=48, seed=0)  # the plain question, one short answer
-
-
-@dataclass(frozen=True)
-class Ratio:
-    """sum(tuned) / sum(base) over the questions, with a 95% percentile bootstrap interval."""
-    value: float
-    lo: float
-    hi: float
-    base: float  # mean P(correct) per question, each side
-    tuned: float
-    n: int
-
-    def __str__(self) -> str:
-        return (f"{self.value:.2f} (95% CI {self.lo:.2f}-{self.hi:.2f}; P(correct) base {self.base:.2f}, "
-                f"tuned {self.tuned:.2f}, {self.n} facts)")
-
-    def to_dict(self) -> dict[str, float]:
-        return {"ratio": self.value, "lo": self.lo, "hi": self.hi, "base": self.base, "tuned": self.tuned,
-                "n": self.n}
-
-
-def ratio(base: list[float], tuned: list[float], draws: int = 2000, seed: int = 0) -> Ratio:
-    rng = random.Random(seed)
-    n = len(base)
-    if not n or not sum(base):
-        return Ratio(float("nan"), 0.0, float("inf"), 0.0, 0.0, n)
-    boots = []
-    for _ in range(draws):
-        idx = [rng.randrange(n) for _ in range(n)]
-        b = sum(base[i] for i in idx)
-        if b:
-            boots.append(sum(tuned[i] for i in idx) / b)
-    boots.sort()
-    return Ratio(sum(tuned) / sum(base), boots[int(0.025 * len(boots))], boots[int(0.975 * len(boots)) - 1],
-                 sum(base) / n, sum(tuned) / n, n)
 
 
 @dataclass
