@@ -3,6 +3,7 @@
     bash bench/setup_trl.sh                      # once: TRL in its own venv, bench/.venv-trl
     python bench/bench_grpo.py                   # starter model (SmolLM2-135M-Instruct), 30 steps
     python bench/bench_grpo.py --steps 20 --workers trl,plumb,plumb-hf
+    python bench/bench_grpo.py --workers plumb,plumb-serve --servers 2 --threads 2 --no-parallel
 
 Each trainer runs in its own subprocess (so peak RSS is its own); by default
 all at the same time with one thread each, so a shared machine's load hits them
@@ -10,7 +11,10 @@ alike, and completions per CPU-second (which that load moves little) are
 printed beside completions per wall-second: TRL (from bench/.venv-trl, transformers
 ``generate`` rollouts — TRL's path without vLLM), plumb with llama.cpp rollouts
 (its CPU default: the LoRA exported to GGUF after every update and swapped in
-on the starter's GGUF) and, optionally, plumb with transformers rollouts.
+on the starter's GGUF) and, optionally, plumb with transformers rollouts, or
+plumb with its rollouts from ``--servers`` local ``plumb serve`` processes on the
+starter's GGUF (``plumb-serve``: the LoRA saved after every update and loaded by
+the servers; the worker's threads are shared among its servers).
 
 Identical on both sides: the starter's HF copy in fp32, LoRA r 16 / alpha 32 /
 dropout 0 on the seven projections, prompts from the bundled concise pairs in file
@@ -116,6 +120,37 @@ def work_plumb(a, rollouts: str) -> dict:
             "time_training": sum(v["time/training"] for _, v in steps)}
 
 
+def work_plumb_serve(a) -> dict:
+    """work_plumb with its rollouts from ``a.servers`` local `plumb serve` processes (threads shared among them)."""
+    import socket
+    import urllib.request
+
+    from plumb.models import starter
+
+    procs, urls = [], []
+    env = {**os.environ, "PLUMB_THREADS": str(max(1, int(os.environ.get("PLUMB_THREADS", "1")) // a.servers))}
+    try:
+        for _ in range(a.servers):
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            procs.append(subprocess.Popen([sys.executable, "-m", "plumb", "serve", str(starter.gguf_path()),
+                                           "--hf", a.model, "--port", str(port)], env=env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            urls.append(f"http://127.0.0.1:{port}/v1")
+        for url in urls:
+            for _ in range(300):
+                try:
+                    urllib.request.urlopen(url + "/models", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.2)
+        return work_plumb(a, "openai:" + ",".join(urls))
+    finally:
+        for proc in procs:
+            proc.kill()
+
+
 def work_trl(a) -> dict:
     import torch
     import trl
@@ -198,13 +233,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch and llama.cpp threads per worker")
     p.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=True,
                    help="run the workers at the same time (fair under a shared machine's load)")
-    p.add_argument("--workers", default="trl,plumb", help="comma-separated: trl, plumb (llama.cpp), plumb-hf")
-    p.add_argument("--worker", choices=["plumb", "plumb-hf", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--workers", default="trl,plumb",
+                   help="comma-separated: trl, plumb (llama.cpp), plumb-hf, plumb-serve (a pool of `plumb serve`)")
+    p.add_argument("--servers", type=int, default=2, help="plumb-serve: how many servers")
+    p.add_argument("--worker", choices=["plumb", "plumb-hf", "plumb-serve", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     a = p.parse_args()
 
     if a.worker:
-        result = (work_trl(a) if a.worker == "trl" else work_plumb(a, "hf" if a.worker == "plumb-hf" else "llamacpp"))
+        result = (work_trl(a) if a.worker == "trl" else work_plumb_serve(a) if a.worker == "plumb-serve" else
+                  work_plumb(a, "hf" if a.worker == "plumb-hf" else "llamacpp"))
         Path(a.result).write_text(json.dumps(result))
         return
 
@@ -217,7 +255,7 @@ def main() -> None:
         sys.exit("TRL is not set up: run `bash bench/setup_trl.sh` first.")
     argv = [f"--model={a.model}", f"--steps={a.steps}", f"--G={a.G}", f"--prompts={a.prompts}",
             f"--max-tokens={a.max_tokens}", f"--lr={a.lr}", f"--beta={a.beta}",
-            f"--heldout={a.heldout}", f"--seed={a.seed}"]
+            f"--heldout={a.heldout}", f"--seed={a.seed}", f"--servers={a.servers}"]
     n = a.G * a.prompts
     print(f"model {a.model}\n{a.steps} steps x {a.prompts} prompts x G {a.G} = {n} completions a step, max "
           f"{a.max_tokens} new tokens, reward: max_sentences n=1, lr {a.lr}, beta {a.beta}, "

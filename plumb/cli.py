@@ -54,10 +54,10 @@ def cli(ctx: click.Context, workspace: str | None) -> None:
 def _register() -> None:
     from plumb.commands import constitution, data, models, workspace
     from plumb.commands import critique, export, generate, judge, label, pairs
-    from plumb.commands import train, tui, tune, verify
+    from plumb.commands import serve, train, tui, tune, verify
 
     for module in (workspace, constitution, data, models, generate, critique, judge, label, pairs, export,
-                   tune, train, verify, tui):
+                   tune, train, serve, verify, tui):
         module.register(cli)
 
 

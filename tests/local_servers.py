@@ -1,9 +1,10 @@
 """Local servers the tests talk to over real sockets on 127.0.0.1: a free port, a JSON reply for fake
-HTTP APIs, and ``python -m llama_cpp.server`` started on a GGUF and waited for."""
+HTTP APIs, and ``python -m llama_cpp.server`` or ``plumb serve`` started on a GGUF and waited for."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -48,6 +49,18 @@ def start_llama_server(gguf, log_path, *extra: str) -> tuple[subprocess.Popen, s
     return proc, f"http://127.0.0.1:{port}/v1"
 
 
+def start_plumb_server(gguf, log_path, hf_dir=None, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """``plumb serve GGUF`` (llama.cpp on one thread) on ``port`` or a free one; returns the process and its
+    base URL at once (``wait_up`` waits for it)."""
+    port = port or free_port()
+    env = {**os.environ, "PLUMB_THREADS": "1"}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "plumb", "serve", str(gguf), "--port", str(port),
+                                 *(["--hf", str(hf_dir)] if hf_dir else [])], stdout=log, stderr=subprocess.STDOUT,
+                                env=env)
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
 def wait_up(proc: subprocess.Popen, base: str, log_path, seconds: float) -> None:
     """Until the server answers GET /models; fails the test with its log's tail if it dies or takes longer."""
     deadline = time.time() + seconds
@@ -57,5 +70,5 @@ def wait_up(proc: subprocess.Popen, base: str, log_path, seconds: float) -> None
             return
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"llama_cpp.server did not start: {log_path.read_text(errors='replace')[-500:]}")
+                pytest.fail(f"{' '.join(map(str, proc.args[:4]))} did not start: {log_path.read_text(errors='replace')[-500:]}")
             time.sleep(0.3)

@@ -86,6 +86,9 @@ class Completion:
     completion_tokens: int = 0
     # per generated token: {token_text: logprob} of the top-k alternatives
     top_logprobs: list[dict[str, float]] | None = None
+    # per generated token (when log-probs were asked for): the sampled token's log-prob under the model at
+    # temperature 1, as OpenAI's ``logprobs.content[i].logprob``
+    token_logprobs: list[float] | None = None
     params: dict[str, Any] = field(default_factory=dict)
 
 

@@ -3,7 +3,9 @@
     llamacpp:PATH.gguf[+lora:ADAPTER.gguf[@SCALE]]   in-process llama.cpp
     hf:DIR_OR_HUB_ID                                 transformers (training base, GRPO sampling)
     anthropic:MODEL_NAME                             Anthropic Messages API (key from ANTHROPIC_API_KEY)
-    openai:http://HOST:PORT/v1[,URL...][#MODEL]      any OpenAI-compatible server, or a pool of them
+    openai:http://HOST:PORT/v1[,URL...][#MODEL][+lora:ADAPTER_DIR[@SCALE]]
+                                                     any OpenAI-compatible server, or a pool of them; with a
+                                                     LoRA, loaded on each server by vLLM's runtime LoRA API
     starter                                          SmolLM2-135M-Instruct, pulled once per user
 
     NAME:TARGET                                      any backend a plugin registers
@@ -25,7 +27,7 @@ from plumb.core.records import ModelSpec
 
 FORMS = (
     "llamacpp:PATH.gguf[+lora:ADAPTER.gguf[@SCALE]], hf:DIR_OR_HUB_ID, anthropic:MODEL_NAME, "
-    "openai:http://HOST:PORT/v1[,http://HOST2:PORT/v1...], starter, or NAME:TARGET for a backend a plugin registers"
+    "openai:http://HOST:PORT/v1[,http://HOST2:PORT/v1...][+lora:ADAPTER_DIR], starter, or NAME:TARGET for a backend a plugin registers"
 )
 _NAME = re.compile(r"^[A-Za-z][\w.-]*$")
 
@@ -44,7 +46,7 @@ def parse_spec(spec: str) -> ModelSpec:
     if not sep or not _NAME.match(backend) or not rest:
         raise PlumbError(f"bad model spec {spec!r}. Accepted forms: {FORMS}.", exit_code=2)
     lora, scale = None, 1.0
-    if backend == "llamacpp" and "+lora:" in rest:
+    if backend in ("llamacpp", "openai") and "+lora:" in rest:
         rest, lora = rest.split("+lora:", 1)
         if "@" in lora:
             lora, s = lora.rsplit("@", 1)

@@ -53,14 +53,14 @@ from typing import Callable
 
 from plumb.core.records import Chat, Completion, ModelSpec, SamplingParams
 from plumb.llamacpp.model import (_LOCK, DEFAULT_N_CTX, Loaded, VocabText, apply_lora, close_all, complete,
-                                  cpu_threads, cut_at_stop, fit_prompts, last_logits, load, log_softmax,
-                                  make_sampler, option_logprobs, option_paths, prefill, prompt_tokens,
-                                  render_chat, set_adapter, top_logprobs)
+                                  cpu_threads, cut_at_stop, drop_adapter, fit_prompts, last_logits, load,
+                                  load_adapter, log_softmax, make_sampler, option_logprobs, option_paths, prefill,
+                                  prompt_tokens, render_chat, set_adapter, top_logprobs)
 
 __all__ = ["DEFAULT_N_CTX", "Loaded", "VocabText", "apply_lora", "close_all", "complete", "cpu_threads",
-           "cut_at_stop", "fit_prompts", "generate", "last_logits", "load", "log_softmax", "make_sampler",
-           "option_logprobs", "option_paths", "prefill", "prompt_tokens", "render_chat", "set_adapter",
-           "stream", "top_logprobs"]
+           "cut_at_stop", "drop_adapter", "fit_prompts", "generate", "last_logits", "load", "load_adapter",
+           "log_softmax", "make_sampler", "option_logprobs", "option_paths", "prefill", "prompt_tokens",
+           "render_chat", "set_adapter", "stream", "top_logprobs"]
 
 
 def _generate(spec: ModelSpec, chats: list[Chat], params: SamplingParams, n_ctx: int | None,

@@ -127,6 +127,30 @@ def load(path: str | Path, n_ctx: int | None = None) -> Loaded:
     return loaded
 
 
+def _adapter(loaded: Loaded, path: str) -> Any:
+    """The adapter at ``path`` (resolved) on ``loaded``, loaded on first use."""
+    import llama_cpp
+
+    adapter = loaded.adapters.get(path)
+    if adapter is None:
+        if not Path(path).is_file():
+            raise PlumbError(f"no LoRA adapter at {path}. Export one with `plumb export gguf --adapter DIR`.",
+                             exit_code=2)
+        adapter = llama_cpp.llama_adapter_lora_init(loaded.llm._model.model, path.encode())
+        if not adapter:
+            raise PlumbError(f"llama.cpp could not load the LoRA adapter {path} on {loaded.path}: "
+                             "is it a GGUF LoRA made for this base model (same architecture and sizes)?")
+        loaded.adapters[path] = adapter
+    return adapter
+
+
+def load_adapter(model: str, lora: str) -> None:
+    """Load the GGUF LoRA ``lora`` for the model at ``model`` now, without applying it (a PlumbError when
+    llama.cpp refuses it); later calls that name it find it loaded."""
+    with _LOCK:
+        _adapter(load(model), str(Path(lora).resolve()))
+
+
 def set_adapter(loaded: Loaded, lora: str | None, scale: float) -> None:
     """Apply ``lora`` at ``scale`` (None or 0 = base model); a change drops the cached prefix."""
     import llama_cpp
@@ -134,18 +158,7 @@ def set_adapter(loaded: Loaded, lora: str | None, scale: float) -> None:
     want = (str(Path(lora).resolve()), float(scale)) if lora and scale != 0 else (None, 0.0)
     if want == loaded.active:
         return
-    adapter = None
-    if want[0] is not None:
-        adapter = loaded.adapters.get(want[0])
-        if adapter is None:
-            if not Path(want[0]).is_file():
-                raise PlumbError(f"no LoRA adapter at {lora}. Export one with `plumb export gguf --adapter DIR`.",
-                                 exit_code=2)
-            adapter = llama_cpp.llama_adapter_lora_init(loaded.llm._model.model, want[0].encode())
-            if not adapter:
-                raise PlumbError(f"llama.cpp could not load the LoRA adapter {lora} on {loaded.path}: "
-                                 "is it a GGUF LoRA made for this base model (same architecture and sizes)?")
-            loaded.adapters[want[0]] = adapter
+    adapter = None if want[0] is None else _adapter(loaded, want[0])
     apply_lora(loaded.llm._ctx.ctx, adapter, want[1], lora)
     loaded.llm.n_tokens = 0  # the KV cache was computed with other weights
     loaded.active = want
@@ -162,6 +175,27 @@ def apply_lora(ctx: Any, adapter: Any, scale: float, name: str | None) -> None:
                                                (ctypes.c_float * 1)(scale))
     if rc != 0:
         raise PlumbError(f"llama.cpp could not apply the LoRA adapter {name} (code {rc}).")
+
+
+def drop_adapter(path: str) -> None:
+    """Free the LoRA adapter loaded from ``path`` on every loaded model (first taken off the contexts
+    that apply it). Nothing happens where it was never loaded."""
+    import llama_cpp
+
+    key = str(Path(path).resolve())
+    with _LOCK:
+        for loaded in _LOADED.values():
+            adapter = loaded.adapters.pop(key, None)
+            if adapter is None:
+                continue
+            if loaded.active[0] == key:
+                apply_lora(loaded.llm._ctx.ctx, None, 0.0, None)
+                loaded.llm.n_tokens = 0
+                loaded.active = (None, 0.0)
+            if loaded.batch is not None and loaded.batch.active[0] == key:
+                apply_lora(loaded.batch.ctx, None, 0.0, None)
+                loaded.batch.active = (None, 0.0)
+            llama_cpp.llama_adapter_lora_free(adapter)
 
 
 @atexit.register
@@ -343,6 +377,7 @@ def complete(loaded: Loaded, tokens: list[int], params: SamplingParams, sampler,
     logits = prefill(llm, tokens)
     out: list[int] = []
     lps: list[dict[str, float]] | None = [] if params.logprobs else None
+    chosen: list[float] = []  # with log-probs: the sampled tokens' own
     finish, text = "length", ""
     while len(out) < params.max_tokens:
         if llm.n_tokens >= loaded.n_ctx:
@@ -354,6 +389,8 @@ def complete(loaded: Loaded, tokens: list[int], params: SamplingParams, sampler,
             finish = "stop"
             break
         out.append(tok)
+        if lps is not None:
+            chosen.append(float(log_softmax(logits)[tok]))
         text, stopped = cut_at_stop(llm.detokenize(out).decode("utf-8", "replace"), params.stop)
         if on_text is not None:
             on_text(text)
@@ -364,4 +401,4 @@ def complete(loaded: Loaded, tokens: list[int], params: SamplingParams, sampler,
         logits = last_logits(llm) if lps is not None else None
     return Completion(text=text, model=name, backend="llamacpp", finish_reason=finish,
                       prompt_tokens=len(tokens), completion_tokens=len(out), top_logprobs=lps,
-                      params=params.to_dict())
+                      token_logprobs=chosen if lps is not None else None, params=params.to_dict())

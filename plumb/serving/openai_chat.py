@@ -8,6 +8,13 @@ same model, and the model name to ask for ("default" if none). Chats are spread 
 until there are ``n`` answers, with ``seed + i`` when a seed is set. ``OPENAI_API_KEY`` is sent as a
 bearer token when set, and never echoed.
 
+A spec with ``+lora:ADAPTER[@SCALE]`` asks for that adapter: the pool loads it on each server it sends to
+(vLLM's runtime LoRA API, see ``plumb.serving.pool``) under a name made from the adapter's path, the time
+its weights were written and the scale, and the requests name it as their model. ADAPTER is a peft
+adapter directory (what vLLM loads; ``plumb serve`` also takes a GGUF LoRA) on a path the servers can read.
+A scale other than 1 is served from a copy beside it, ``ADAPTER.xSCALE``, whose B matrices are scaled.
+With ``logprobs`` each completion carries its sampled tokens' log-probs (``token_logprobs``).
+
 ``option_logprobs`` asks for one token at temperature 0 with ``logprobs: true, top_logprobs: 20``
 (llama.cpp's server and vLLM answer it) and reads the options off that first token: an option's
 log-prob is the log of the summed probability of the listed tokens whose text the option starts with
@@ -18,13 +25,16 @@ no log-probs, so the caller falls back to parsing sampled text.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 from plumb.core.errors import PlumbError
 from plumb.core.records import Chat, Completion, ModelSpec, SamplingParams
-from plumb.serving.pool import Pool, pool_for
+from plumb.serving.pool import Adapter, Pool, pool_for
 
 TOP_LOGPROBS = 20  # the most OpenAI's API and vLLM's default allow
 
@@ -46,19 +56,64 @@ def pool_of(model: ModelSpec) -> tuple[Pool, str]:
     return pool_for(urls, {"Authorization": f"Bearer {key}"} if key else None), name
 
 
-def to_completion(choice: dict[str, Any], usage: dict[str, Any], name: str, params: SamplingParams) -> Completion:
+def _weights(path: Path) -> Path:
+    if path.is_file():
+        return path
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        if (path / name).is_file():
+            return path / name
+    raise PlumbError(f"LoRA adapter {path}: not a peft adapter directory (no adapter_model.safetensors) "
+                     "nor a file.", exit_code=2)
+
+
+def scaled_copy(path: Path, scale: float) -> Path:
+    """``path.xSCALE``: the peft adapter with every lora_B scaled by ``scale`` (made once)."""
+    out = path.with_name(f"{path.name}.x{scale:g}")
+    if (out / "adapter_model.safetensors").is_file():
+        return out
+    if path.is_file() or not (path / "adapter_model.safetensors").is_file():
+        raise PlumbError(f"LoRA adapter {path}: a scale other than 1 needs a peft directory with "
+                         "adapter_model.safetensors.", exit_code=2)
+    from safetensors.numpy import load_file, save_file
+
+    tensors = {k: v * scale if "lora_B" in k else v for k, v in load_file(path / "adapter_model.safetensors").items()}
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(path, tmp)
+    save_file({k: v.astype(tensors[k].dtype) for k, v in tensors.items()}, tmp / "adapter_model.safetensors")
+    tmp.replace(out)
+    return out
+
+
+def adapter_of(model: ModelSpec) -> Adapter | None:
+    """The spec's LoRA as the pool loads it (see the module docstring); None without one."""
+    if not model.lora:
+        return None
+    path = Path(model.lora).expanduser().resolve()
+    if model.lora_scale != 1.0:
+        path = scaled_copy(path, model.lora_scale)
+    stat = _weights(path).stat()
+    digest = hashlib.sha256(f"{path}:{stat.st_mtime_ns}:{stat.st_size}".encode()).hexdigest()[:16]
+    return Adapter(f"plumb-{digest}", str(path))
+
+
+def to_completion(choice: dict[str, Any], usage: dict[str, Any], name: str, params: SamplingParams,
+                  choices: int = 1) -> Completion:
+    """One choice of an answer with ``choices`` of them. Its token count is its log-probs' length when it has
+    them, else the answer's usage divided among its choices (servers count the tokens of all of them)."""
     try:
         text = choice["message"]["content"] or ""
     except (KeyError, TypeError):
         raise PlumbError(f"malformed chat completion from {name}: a choice has no message content.") from None
-    lps = None
+    lps = chosen = None
     content = (choice.get("logprobs") or {}).get("content") if params.logprobs else None
     if content:
         lps = [{alt["token"]: float(alt["logprob"]) for alt in tok.get("top_logprobs", [])} for tok in content]
+        chosen = [float(tok["logprob"]) for tok in content if "logprob" in tok]
+    tokens = len(content) if content else round(int(usage.get("completion_tokens", 0)) / max(1, choices))
     return Completion(text=text, model=name, backend="openai", finish_reason=choice.get("finish_reason") or "stop",
-                      prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                      completion_tokens=int(usage.get("completion_tokens", 0)), top_logprobs=lps,
-                      params=params.to_dict())
+                      prompt_tokens=int(usage.get("prompt_tokens", 0)), completion_tokens=tokens, top_logprobs=lps,
+                      token_logprobs=chosen, params=params.to_dict())
 
 
 def choices_of(data: Any, model: ModelSpec) -> list[dict[str, Any]]:
@@ -68,7 +123,8 @@ def choices_of(data: Any, model: ModelSpec) -> list[dict[str, Any]]:
     return choices
 
 
-def complete_chat(pool: Pool, name: str, model: ModelSpec, chat: Chat, params: SamplingParams) -> list[Completion]:
+def complete_chat(pool: Pool, name: str, model: ModelSpec, chat: Chat, params: SamplingParams,
+                  adapter: Adapter | None = None) -> list[Completion]:
     out: list[Completion] = []
     while len(out) < params.n:
         body: dict[str, Any] = {
@@ -81,20 +137,24 @@ def complete_chat(pool: Pool, name: str, model: ModelSpec, chat: Chat, params: S
             body["stop"] = list(params.stop)
         if params.logprobs:
             body.update(logprobs=True, top_logprobs=params.logprobs)
-        data = pool.post("/chat/completions", body)
-        out += [to_completion(c, data.get("usage") or {}, str(model), params) for c in choices_of(data, model)]
+        data = pool.post("/chat/completions", body, adapter)
+        choices = choices_of(data, model)
+        out += [to_completion(c, data.get("usage") or {}, str(model), params, len(choices)) for c in choices]
     return out[: params.n]
 
 
 def generate(model: ModelSpec, chats: list[Chat], params: SamplingParams) -> list[list[Completion]]:
     pool, name = pool_of(model)
-    return pool.map(lambda chat: complete_chat(pool, name, model, chat, params), chats)
+    adapter = adapter_of(model)
+    name = adapter.name if adapter else name
+    return pool.map(lambda chat: complete_chat(pool, name, model, chat, params, adapter), chats)
 
 
-def first_token_logprobs(pool: Pool, name: str, model: ModelSpec, chat: Chat) -> dict[str, float] | None:
+def first_token_logprobs(pool: Pool, name: str, model: ModelSpec, chat: Chat,
+                         adapter: Adapter | None = None) -> dict[str, float] | None:
     body = {"model": name, "messages": chat.to_dicts(), "max_tokens": 1, "temperature": 0.0,
             "logprobs": True, "top_logprobs": TOP_LOGPROBS}
-    choice = choices_of(pool.post("/chat/completions", body), model)[0]
+    choice = choices_of(pool.post("/chat/completions", body, adapter), model)[0]
     content = (choice.get("logprobs") or {}).get("content")
     if not content or not content[0].get("top_logprobs"):
         return None
@@ -117,7 +177,9 @@ def score_options(top: dict[str, float], options: list[str]) -> dict[str, float]
 
 def option_logprobs(model: ModelSpec, chats: list[Chat], options: list[str]) -> list[dict[str, float]] | None:
     pool, name = pool_of(model)
-    tops = pool.map(lambda chat: first_token_logprobs(pool, name, model, chat), chats)
+    adapter = adapter_of(model)
+    name = adapter.name if adapter else name
+    tops = pool.map(lambda chat: first_token_logprobs(pool, name, model, chat, adapter), chats)
     if any(top is None for top in tops):
         return None
     return [score_options(top, options) for top in tops]

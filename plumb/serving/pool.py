@@ -13,6 +13,13 @@
 * **All down**: once every server has failed ``DEAD_AFTER`` times in a row (its probes included) and is
   cooling down, requests raise ``BackendUnavailable`` naming each server and why. The next ``map``
   probes them all again at once.
+* **Adapters on the servers** (``post(..., adapter=)``): a request for a LoRA adapter first loads it on
+  the server it goes to, once, by vLLM's runtime LoRA API (``POST {url}/load_lora_adapter``; plumb's own
+  ``plumb serve`` answers it too), so every server that takes such a request has it, including one that
+  joins later. A server that went down may come back as a new process: what it had loaded is forgotten,
+  and a request answered 404 (the server does not know the adapter's name: it restarted between two
+  requests) loads it again and is retried there once. Each server keeps at most ``MAX_ADAPTERS`` of
+  plumb's adapters; loading one more unloads the one used longest ago.
 * ``map(fn, items)`` runs ``fn(item)`` on as many threads as the pool has slots and returns the results
   in input order. When the pool goes down it waits for the jobs in flight and raises
   ``BackendUnavailable`` whose ``finished`` holds every result that came back (None for the rest).
@@ -34,7 +41,7 @@ import urllib.error
 import urllib.request
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 from plumb.core.errors import BackendUnavailable, PlumbError
@@ -47,6 +54,7 @@ COOLDOWN_MAX_S = 30.0
 BACKOFF_MAX_S = 60.0  # the longest pause a busy server gets, Retry-After included
 PROBE_TIMEOUT_S = 5.0
 BUSY = {429} | set(range(500, 600))
+MAX_ADAPTERS = 4  # plumb's LoRA adapters loaded on one server at a time
 
 
 class ServerWarning(UserWarning):
@@ -64,6 +72,24 @@ class Server:
     probing: bool = False
     reason: str = ""  # the last failure
     dropped: int = 0  # requests it failed to answer, moved to other servers
+    adapters: dict[str, float] = field(default_factory=dict)  # adapter name -> last used (time.monotonic())
+    loading: threading.Lock = field(default_factory=threading.Lock)  # one adapter load at a time
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter the servers load from ``path`` (a path on their file system) and serve as ``name``."""
+
+    name: str
+    path: str
+
+
+class Refused(PlumbError):
+    """The server answered an HTTP error that is not worth retrying elsewhere (``code``: its status)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Unreachable(Exception):
@@ -93,8 +119,9 @@ def retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def send(url: str, body: dict[str, Any] | None, headers: dict[str, str], timeout: float) -> dict[str, Any]:
-    """One request (POST when ``body`` is given, else GET) -> the JSON answer; Unreachable, Busy or PlumbError."""
+def send(url: str, body: dict[str, Any] | None, headers: dict[str, str], timeout: float, text: bool = False) -> Any:
+    """One request (POST when ``body`` is given, else GET) -> the JSON answer (``text``: the answer's text, JSON
+    or not); Unreachable, Busy or Refused."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers=headers, method="GET" if body is None else "POST")
     try:
@@ -104,13 +131,15 @@ def send(url: str, body: dict[str, Any] | None, headers: dict[str, str], timeout
         detail = exc.read()[:300].decode("utf-8", "replace")
         if exc.code in BUSY:
             raise Busy(f"HTTP {exc.code}: {detail}", retry_after(exc.headers.get("Retry-After"))) from None
-        raise PlumbError(f"{url} answered HTTP {exc.code}: {detail}") from None
+        raise Refused(f"{url} answered HTTP {exc.code}: {detail}", exc.code) from None
     except urllib.error.URLError as exc:
         raise Unreachable(str(exc.reason)) from None
     except TimeoutError:
         raise Unreachable(f"no answer within {timeout:g} s") from None
     except (OSError, http.client.HTTPException) as exc:  # reset, refused mid-request, a truncated answer
         raise Unreachable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+    if text:
+        return raw.decode("utf-8", "replace")
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
@@ -189,18 +218,56 @@ class Pool:
         if server.down and request:
             return
         server.down, server.reason = True, why
+        server.adapters.clear()  # it may come back as a new process, without them
         server.fails += 1
         server.until = time.monotonic() + min(COOLDOWN_MAX_S, self.cooldown_s * 2 ** (server.fails - 1))
 
     # -- requests ---------------------------------------------------------------------------
 
-    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST ``body`` to ``path`` on some server of the pool, retried as the module docstring says."""
-        attempts = 0
+    def _load(self, server: Server, adapter: Adapter) -> None:
+        """``adapter`` on ``server`` unless plumb loaded it there already; the oldest of plumb's adapters
+        there is unloaded first when it has ``MAX_ADAPTERS``. Unreachable when the server is."""
+        with server.loading:
+            if adapter.name not in server.adapters:
+                while len(server.adapters) >= MAX_ADAPTERS:
+                    old = min(server.adapters, key=server.adapters.get)
+                    del server.adapters[old]
+                    try:
+                        send(server.url + "/unload_lora_adapter", {"lora_name": old}, self.headers,
+                             self.timeout_s, text=True)
+                    except (Busy, Refused):
+                        pass  # it stays loaded there: only the server's memory pays
+                try:
+                    send(server.url + "/load_lora_adapter", {"lora_name": adapter.name, "lora_path": adapter.path},
+                         self.headers, self.timeout_s, text=True)
+                except Refused as exc:
+                    if "already" not in str(exc):  # vLLM: 400 "... has already been loaded"
+                        raise PlumbError(f"{server.url} could not load the LoRA adapter {adapter.path}: {exc}. A vLLM "
+                                         "server needs --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, and "
+                                         "must see the path on its own file system.") from None
+                except Busy as exc:
+                    raise Unreachable(f"loading the adapter {adapter.name}: {exc}") from None
+            server.adapters[adapter.name] = time.monotonic()
+
+    def post(self, path: str, body: dict[str, Any], adapter: Adapter | None = None) -> dict[str, Any]:
+        """POST ``body`` to ``path`` on some server of the pool, retried as the module docstring says; with
+        ``adapter``, it is loaded there first."""
+        attempts, reloaded = 0, False
         while True:
             server = self._acquire()
             try:
+                if adapter is not None:
+                    self._load(server, adapter)
                 answer = send(server.url + path, body, self.headers, self.timeout_s)
+            except Refused as exc:
+                with self._cond:
+                    server.in_flight -= 1
+                    self._cond.notify_all()
+                if adapter is None or exc.code != 404 or reloaded:
+                    raise
+                server.adapters.pop(adapter.name, None)  # restarted since it loaded the adapter: load it again
+                reloaded = True
+                continue
             except Unreachable as exc:
                 with self._cond:
                     server.in_flight -= 1

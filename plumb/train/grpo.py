@@ -46,7 +46,8 @@ Defaults for a 2-core CPU, and why
   clipping only matters from a second iteration on (2 reuses a costly batch).
 * **LoRA dropout 0**: the ratio and KL need two forwards to agree (TRL's
   ``disable_dropout`` for RL).
-* **Rollouts by llama.cpp on a CPU**, transformers on a GPU.
+* **Rollouts by llama.cpp on a CPU**, transformers on a GPU; ``rollouts =
+  "openai:URL,URL"`` takes them from a pool of servers that load each update.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ import json
 import math
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +69,8 @@ from plumb.train import checkpoint, data, grpo_eval
 from plumb.train.runtime import (end_step, get_lr, nonfinite, oom_stop, optimizer_for, out_of_time, peak_memory_mb,
                                  policy as policy_of, resume, start, write_adapter)
 from plumb.train.options import GRPOConfig
-from plumb.train.rollouts import (HFSampler, LlamaSampler, RolloutLog, base_gguf, batch_of, gap_candidates, gather,
-                                  reward_metrics, row_logps, sampler_gap, score, task_of, token_logps)
+from plumb.train.rollouts import (HFSampler, LlamaSampler, RolloutLog, ServerSampler, base_gguf, batch_of, gather,
+                                  reward_metrics, row_logps, score, task_of, token_logps)
 
 EPS = 1e-4  # TRL's epsilon in the advantage's denominator
 
@@ -124,6 +126,13 @@ def grpo_loss(logps, old, ref, adv, weight, beta: float, eps_low: float, eps_hig
 
 
 # -- which prompts a step takes ---------------------------------------------------------------------
+
+
+def mismatch_rate(rolls) -> dict[str, float]:
+    """The share of completions whose re-tokenization has another length than the sampler's tokens, over those
+    whose sampled length is known (all of them but a server's answers on steps without log-probs)."""
+    known = [r.mismatch for r in rolls if r.mismatch is not None]
+    return {"sampling/retokenized_mismatch": sum(known) / len(known)} if known else {}
 
 
 def step_prompts(n_tasks: int, per_step: int, step: int, seed: int, shuffle: bool = True) -> list[int]:
@@ -199,9 +208,13 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
     step, zero_streak = int(state["step"]), int(state.get("zero_streak", 0))
     watch = grpo_eval.Watch.from_dict(state.get("watch", {}))
 
-    # the sampler: llama.cpp on a CPU (the LoRA exported and swapped in after each update), else transformers
+    # the sampler: llama.cpp on a CPU (the LoRA exported and swapped in after each update), else transformers;
+    # or a pool of servers that load the LoRA after each update
     kind = cfg.rollouts or ("hf" if device.startswith("cuda") else "llamacpp")
-    if kind == "llamacpp":
+    if kind.startswith("openai:"):
+        sampler = ServerSampler(ctx, model, tokenizer, kind.removeprefix("openai:"), out, step > 0, world.rank)
+        kind = "openai"
+    elif kind == "llamacpp":
         base = base_gguf(run.policy.target, out, cfg.base_gguf) if world.main else ""
         world.barrier()  # rank 0 made the base GGUF once; the others take it now that it is whole
         base = base or base_gguf(run.policy.target, out, cfg.base_gguf)
@@ -242,11 +255,13 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
         idx = step_prompts(len(tasks), cfg.prompts_per_step, step, cfg.seed, cfg.shuffle)
         step_tasks = [tasks[i] for i in idx]
         mine = world.shard(list(range(len(idx))))
-        measure = kind == "llamacpp" and cfg.gap_every > 0 and step % cfg.gap_every == 0 and world.main
+        gap_step = kind != "hf" and cfg.gap_every > 0 and step % cfg.gap_every == 0
         sp = SamplingParams(n=G, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_completion_length,
                             seed=(cfg.seed * 1_000_003 + step * 1009) & 0x7FFFFFFF)
         sampler.refresh(step)
-        rolls = sampler.sample([step_tasks[k].prompt for k in mine], sp, mine) if mine else []
+        # (a server reports the sampled tokens' log-probs when asked: every rank asks, rank 0 measures on all)
+        asked = replace(sp, logprobs=1) if gap_step and kind == "openai" else sp
+        rolls = sampler.sample([step_tasks[k].prompt for k in mine], asked, mine) if mine else []
         t_sample = time.perf_counter()
 
         # 2. rewards, then every rank's rollouts on every rank (group order); advantages; OUT/rollouts.jsonl
@@ -272,13 +287,13 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
         owned = set(mine)
         own = [(k, w) for k, w in zip(keep, wts) if rolls[k].prompt in owned]
 
-        # 3. the sampler/trainer gap, on the weights that sampled (llama.cpp, every gap_every steps)
+        # 3. the sampler/trainer gap, on the weights that sampled (llama.cpp or servers, every gap_every steps)
         extra: dict[str, float] = {}
-        picked = gap_candidates(rolls, tokenizer) if measure else []
-        if picked:
-            with torch.no_grad(), autocast():
-                train_lps = row_logps(model, picked, pad_id, device, 1.0)  # both at T = 1: the models' gap
-            extra.update(sampler_gap(ctx, sampler.spec, [t.prompt for t in step_tasks], picked, train_lps))
+        if gap_step and world.main:
+            def train_logps(picked):
+                with torch.no_grad(), autocast():
+                    return row_logps(model, picked, pad_id, device, 1.0)  # both at T = 1: the models' gap
+            extra.update(sampler.gap([t.prompt for t in step_tasks], rolls, train_logps))
 
         # 4. num_iterations updates on the groups with spread
         stats = {"loss": 0.0, "kl": 0.0, "kl_n": 0.0, "low": 0.0, "high": 0.0, "n": 0.0}
@@ -309,8 +324,7 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
             "clip_ratio/region_mean": (stats["low"] + stats["high"]) / n_tok,
             "completions/mean_length": sum(lengths) / len(lengths),
             "completions/clipped_ratio": sum(r.truncated for r in rolls) / len(rolls),
-            "sampling/retokenized_mismatch": sum(r.mismatch for r in rolls) / len(rolls),
-            **reward_metrics(scored), **extra,
+            **mismatch_rate(rolls), **reward_metrics(scored), **extra,
             "grad_norm": float(grad_norm), "learning_rate": lr, "samples_per_s": len(rolls) / elapsed,
             "tokens_per_s": sum(lengths) / elapsed, "time/sampling": t_sample - t0, "time/scoring": t_score - t_sample,
             "time/training": time.perf_counter() - t_score, "peak_memory_mb": peak_memory_mb(device),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from plumb.train import LORA_TARGETS
 
@@ -75,7 +75,9 @@ class GRPOConfig(_Common):
     num_iterations: int = Field(1, ge=1)  # mu: updates per batch of rollouts
     mask_truncated_completions: bool = False
     batch_size: int = Field(8, ge=1)  # completions per forward/backward micro-batch
-    rollouts: Literal["llamacpp", "hf"] | None = None  # None: llama.cpp on a CPU, transformers on a GPU
+    # None: llama.cpp on a CPU, transformers on a GPU; "openai:URL[,URL...][#MODEL]": a pool of servers with
+    # vLLM's runtime LoRA API (vLLM, `plumb serve`) that load the adapter after each update
+    rollouts: str | None = None
     base_gguf: str | None = None  # the policy's base as GGUF for llama.cpp rollouts (default: made once)
     gap_every: int = Field(10, ge=0)  # measure the sampler/trainer log-prob gap every N steps (0: never)
     eval_every: int = Field(10, ge=0)  # held-out evaluation every N steps (0: at the end only)
@@ -86,6 +88,20 @@ class GRPOConfig(_Common):
     judge: str | None = None  # a judge model spec: held-out answers judged against the base's, part of the signal
     constitution: dict[str, Any] | None = None  # what the judge reads (set by the train stage when judge is set)
     gguf: bool = False
+
+    @field_validator("rollouts")
+    @classmethod
+    def _rollouts(cls, value: str | None) -> str | None:
+        if value is None or value in ("llamacpp", "hf"):
+            return value
+        if value.startswith("openai:"):
+            from plumb.serving.openai_chat import split_target
+
+            if "+lora:" in value:
+                raise ValueError("the rollouts' servers load the adapter being trained: give no +lora")
+            split_target(value.removeprefix("openai:"))  # a bad URL fails here, before any work
+            return value
+        raise ValueError(f"{value!r}: expected llamacpp, hf, or openai:http://HOST:PORT/v1[,URL...][#MODEL]")
 
     @property
     def epsilon_upper(self) -> float:

@@ -1,6 +1,6 @@
 """GRPO's rollouts: sample G answers per prompt from the policy, score them, write them down.
 
-Two samplers give the loop the same thing — per completion its text, its
+Three samplers give the loop the same thing — per completion its text, its
 finish reason, and the token ids the trainer scores (prompt ids through the
 chat template, completion ids with EOS appended when the answer stopped):
 
@@ -26,6 +26,11 @@ chat template, completion ids with EOS appended when the answer stopped):
   |log pi_train(y) - log pi_sample(y)| / tokens, mean and max
   (``sampling/logp_gap_per_token/...``): the sampler/trainer mismatch the
   importance ratio would carry if it used the sampler's log-probs.
+* ``ServerSampler``: a pool of OpenAI-compatible servers (``rollouts =
+  "openai:URL,URL"``): after every update the LoRA is saved as a peft directory
+  ``OUT/adapter-step-N/`` that the servers load by vLLM's runtime LoRA API
+  (``plumb.serving``); the text is re-tokenized as for llama.cpp, and the gap is
+  measured on the servers' log-probs of the sampled tokens.
 
 ``batch_of`` turns rollouts into the trainer's batch: the G answers to a prompt
 share one row, ``prompt + answer_1 + ... + answer_G`` under a 4D mask, so the
@@ -42,6 +47,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -63,7 +69,7 @@ class Rollout:
     completion: Completion
     prompt_ids: list[int]
     ids: list[int]  # what the trainer scores: completion ids, EOS appended when it stopped
-    mismatch: bool = False  # re-tokenized text has another length than the sampler's tokens
+    mismatch: bool | None = False  # re-tokenized text has another length than the sampler's tokens (None: unknown)
 
     @property
     def truncated(self) -> bool:
@@ -112,41 +118,43 @@ class HFSampler:
         return out
 
 
-class LlamaSampler:
-    """llama.cpp rollouts with the current LoRA exported to GGUF and swapped in after each update."""
+class TextSampler:
+    """A sampler that returns text (llama.cpp, a server): ``ctx.generate`` on ``spec``, then the trainer's
+    re-tokenization of each answer (``data.tokenize``) and the count of those with another length."""
 
-    backend = "llamacpp"
+    backend = ""
+    suffix = ""  # of the exported adapter's path
 
-    def __init__(self, ctx, model, tokenizer, base_gguf: str, base_dir: str, out: Path, dirty: bool, rank: int = 0):
+    def __init__(self, ctx, model, tokenizer, out: Path, dirty: bool, rank: int = 0):
         self.ctx, self.model, self.tok = ctx, model, tokenizer
-        self.base, self.base_dir = base_gguf, base_dir
         self.out = out if rank == 0 else out / f".rank-{rank}"  # each rank exports its own files
         self.lora: str | None = None  # None: the adapter is still zero, sample the base
         self.dirty = dirty
 
     @property
     def spec(self) -> ModelSpec:
-        return ModelSpec("llamacpp", self.base, lora=self.lora)
+        raise NotImplementedError
+
+    def export(self, path: Path) -> None:
+        """Write the current LoRA where the sampler's engine loads it from."""
+        raise NotImplementedError
 
     def refresh(self, step: int) -> None:
-        """Export the current LoRA to ``adapter-step-N.gguf`` if the policy changed since the last export."""
+        """Export the current LoRA to ``adapter-step-N`` if the policy changed since the last export (a new path
+        each time: engines cache adapters by path or name), and delete the older ones."""
         if not self.dirty:
             return
-        from plumb.export.lora_to_gguf import export_lora
-
-        tmp = self.out / ".rollout-adapter"
         self.out.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(tmp)
-        path = self.out / f"adapter-step-{step}.gguf"
-        export_lora(tmp, path, base_dir=self.base_dir)
-        for old in self.out.glob("adapter-step-*.gguf"):
-            if old != path:
-                old.unlink(missing_ok=True)
+        path = self.out / f"adapter-step-{step}{self.suffix}"
+        self.export(path)
+        for old in self.out.glob(f"adapter-step-*{self.suffix}"):
+            if old != path and old.suffix == self.suffix:
+                shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
         self.lora, self.dirty = str(path), False
 
     def sample(self, chats: list[Chat], params: SamplingParams, groups: list[int] | None = None) -> list[Rollout]:
-        """(completion j of every chat is seeded ``seed + j`` by llama.cpp's batched sampler, whatever the chat's
-        place in the call: a group's answers do not depend on which rank samples it; ``groups`` is not needed.)"""
+        """(completion j of every chat is seeded ``seed + j``, whatever the chat's place in the call: a group's
+        answers do not depend on which rank samples it; ``groups`` is not needed.)"""
         sampled = self.ctx.generate(self.spec, chats, params)
         out = []
         for p, (chat, comps) in enumerate(zip(chats, sampled)):
@@ -155,8 +163,85 @@ class LlamaSampler:
                 if c.finish_reason != "stop":
                     ids = ids[:-1]  # cut off at max tokens: it did not choose to stop there
                 n = len(ids) - (c.finish_reason == "stop")
-                out.append(Rollout(p, c, prompt_ids, ids, n != c.completion_tokens))
+                known = self.sampled_tokens(c)
+                out.append(Rollout(p, c, prompt_ids, ids, None if known is None else n != known))
         return out
+
+    def sampled_tokens(self, c: Completion) -> int | None:
+        return c.completion_tokens
+
+
+class LlamaSampler(TextSampler):
+    """llama.cpp rollouts with the current LoRA exported to GGUF and swapped in after each update."""
+
+    backend = "llamacpp"
+    suffix = ".gguf"
+
+    def __init__(self, ctx, model, tokenizer, base_gguf: str, base_dir: str, out: Path, dirty: bool, rank: int = 0):
+        super().__init__(ctx, model, tokenizer, out, dirty, rank)
+        self.base, self.base_dir = base_gguf, base_dir
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec("llamacpp", self.base, lora=self.lora)
+
+    def export(self, path: Path) -> None:
+        from plumb.export.lora_to_gguf import export_lora
+
+        tmp = self.out / ".rollout-adapter"
+        self.model.save_pretrained(tmp)
+        export_lora(tmp, path, base_dir=self.base_dir)
+
+    def gap(self, chats: list[Chat], rolls: list[Rollout], train_logps) -> dict[str, float]:
+        """The gap on up to GAP_SAMPLES completions, each scored by llama.cpp teacher-forced."""
+        picked = gap_candidates(rolls, self.tok)
+        return sampler_gap(self.ctx, self.spec, chats, picked, train_logps(picked)) if picked else {}
+
+
+class ServerSampler(TextSampler):
+    """Rollouts from a pool of OpenAI-compatible servers (``openai:URL[,URL...][#MODEL]``): after each
+    update the LoRA is saved as a peft directory, ``OUT/adapter-step-N/``, which every server that takes a
+    request loads by vLLM's runtime LoRA API (``plumb.serving``; the servers must see the path). The gap is
+    measured on the sampled tokens' own log-probs as the server reports them (``logprobs`` on the steps that
+    measure it), where llama.cpp's sampler teacher-forces the text again."""
+
+    backend = "openai"
+
+    def __init__(self, ctx, model, tokenizer, target: str, out: Path, dirty: bool, rank: int = 0):
+        super().__init__(ctx, model, tokenizer, out, dirty, rank)
+        self.target = target
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec("openai", self.target, lora=str(Path(self.lora).resolve()) if self.lora else None)
+
+    def export(self, path: Path) -> None:
+        self.model.save_pretrained(path)
+
+    def sampled_tokens(self, c: Completion) -> int | None:
+        """Exact with log-probs (one per token); without, unknown (a server counts the tokens of all n choices
+        together), and the completion is not counted either way."""
+        return len(c.token_logprobs) if c.token_logprobs is not None else None
+
+    def gap(self, chats: list[Chat], rolls: list[Rollout], train_logps) -> dict[str, float]:
+        """|log pi_train(y) - log pi_sample(y)| per token on up to GAP_SAMPLES completions whose re-tokenization
+        has the server's token count (its log-probs then line up with the trainer's tokens; the EOS is in both
+        sums when the server counts it, as vLLM does, else in neither)."""
+        picked, counts = [], []
+        for r in rolls:
+            k = len(r.completion.token_logprobs or [])
+            n = len(r.ids) - (not r.truncated)
+            if k and not r.mismatch and k in (n, len(r.ids)):
+                picked.append(r)
+                counts.append(k)
+            if len(picked) == GAP_SAMPLES:
+                break
+        if not picked:
+            return {}
+        gaps = [abs(sum(lps[:k]) - sum(r.completion.token_logprobs)) / k
+                for r, k, lps in zip(picked, counts, train_logps(picked))]
+        return {"sampling/logp_gap_per_token/mean": sum(gaps) / len(gaps),
+                "sampling/logp_gap_per_token/max": max(gaps)}
 
 
 def base_gguf(policy_dir: str, out: Path, given: str | None) -> str:
