@@ -49,11 +49,12 @@ def start_llama_server(gguf, log_path, *extra: str) -> tuple[subprocess.Popen, s
     return proc, f"http://127.0.0.1:{port}/v1"
 
 
-def start_plumb_server(gguf, log_path, hf_dir=None, port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """``plumb serve GGUF`` (llama.cpp on one thread) on ``port`` or a free one; returns the process and its
+def start_plumb_server(gguf, log_path, hf_dir=None, port: int | None = None,
+                       threads: int = 1) -> tuple[subprocess.Popen, str]:
+    """``plumb serve GGUF`` (llama.cpp on ``threads``) on ``port`` or a free one; returns the process and its
     base URL at once (``wait_up`` waits for it)."""
     port = port or free_port()
-    env = {**os.environ, "PLUMB_THREADS": "1"}
+    env = {**os.environ, "PLUMB_THREADS": str(threads)}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "plumb", "serve", str(gguf), "--port", str(port),
                                  *(["--hf", str(hf_dir)] if hf_dir else [])], stdout=log, stderr=subprocess.STDOUT,

@@ -165,11 +165,11 @@ def test_the_choice_probes_best_first_and_scales_down_only_when_every_checkpoint
     checks = {"round1/step-4": 0.80, "round1/step-8": 0.90}
     dev, asked, scaled = [], [], []
 
-    def dev_score(self, name, trained, adapter, gguf, scale=1.0):
+    def dev_score(self, name, trained, adapter, served, scale=1.0):
         dev.append((name, scale))
         ckpt = name.split(" ")[0]
         return {"name": name, "checks": (checks[ckpt] * (0.5 + scale / 2), 0.0), "dev_base": 0.4,
-                "adapter": adapter, "gguf": gguf, "scale": scale, "trained": trained}
+                "adapter": adapter, "served": served, "scale": scale, "trained": trained}
 
     def facts(self, cand):
         asked.append((cand["name"], cand["scale"]))

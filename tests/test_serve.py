@@ -77,9 +77,9 @@ def test_an_adapter_loaded_at_run_time_answers_as_llama_cpp_in_process(server, a
     assert texts(tuned) != texts(base)
     names = [n for n in listed(server["base"]) if n.startswith("plumb-")]
     assert len(names) == 1 and listed(server["base"])[names[0]] == str(adapter.resolve())
-    # at scale 0 the copy beside it has zero B matrices: the base's answers
-    zero = openai_chat.generate(ModelSpec("openai", server["base"], lora=str(adapter), lora_scale=0.0), CHATS, SEEDED)
-    assert texts(zero) == texts(base) and (adapter.parent / "lora.x0" / "adapter_model.safetensors").is_file()
+    # at another scale a copy beside it with scaled B matrices is loaded: at 1e-6, the base's answers
+    tiny = openai_chat.generate(ModelSpec("openai", server["base"], lora=str(adapter), lora_scale=1e-6), CHATS, SEEDED)
+    assert texts(tiny) == texts(base) and (adapter.parent / "lora-x1e-06" / "adapter_model.safetensors").is_file()
 
 
 def test_sampled_tokens_carry_their_log_probs(server, adapter):

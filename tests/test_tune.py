@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import urllib.request
 
 import pytest
 
@@ -94,7 +95,48 @@ def test_nothing_to_rank_and_too_small_budget_are_refused_before_any_work(tmp_pa
         with pytest.raises(PlumbError, match=r"leaves no time to train.*use at least \d+"):
             tune(session, TuneOptions(budget_minutes=1))
         assert session.store.one("SELECT count(*) FROM samples")[0] == 0
-    with _session(tmp_path / "c") as session:  # a backend that cannot scale a LoRA per call cannot serve both sides
-        with pytest.raises(PlumbError, match="backend 'openai' does not do.*llamacpp:PATH.gguf"):
+    with _session(tmp_path / "c") as session:  # a backend that cannot serve the tuned LoRA on the base
+        with pytest.raises(PlumbError, match="backend 'hf' does not do.*llamacpp:PATH.gguf.*openai:URL"):
+            tune(session, TuneOptions(model=f"hf:{tmp_path}"))
+        with pytest.raises(PlumbError, match="backend 'openai' does not do"):  # servers, but with a fixed adapter
+            tune(session, TuneOptions(model=f"openai:http://127.0.0.1:9/v1+lora:{tmp_path}"))
+        with pytest.raises(PlumbError, match="give --train-model hf:DIR"):  # servers: which weights to train?
             tune(session, TuneOptions(model="openai:http://127.0.0.1:9/v1"))
         assert session.store.one("SELECT count(*) FROM samples")[0] == 0
+
+
+@pytest.mark.slow
+def test_tune_against_a_server_that_loads_each_adapter(tmp_path, real_starter):
+    """`plumb tune --model openai:URL` with `plumb serve` on the starter: every answer, base and tuned, comes
+    from the server, which loads round 1's adapter to sample round 2, each checkpoint to choose and the shipped
+    adapter (a peft directory) to evaluate; the tuned model still moves toward the checks."""
+    from plumb.pipeline.tune import Sizes, TuneOptions, tune
+    from tests.local_servers import start_plumb_server, wait_up
+
+    gguf, hf = real_starter
+    proc, base = start_plumb_server(gguf, tmp_path / "serve.log", hf, threads=2)
+    try:
+        wait_up(proc, base, tmp_path / "serve.log", 120)
+        sizes = Sizes(train_prompts=12, dev_prompts=3, eval_prompts=8, probe_questions=8, k=4, critique_drafts=2,
+                      judge_audit=4, max_tokens=96, checkpoints=2)
+        opts = TuneOptions(model=f"openai:{base}", train_model=f"hf:{hf}", sizes=sizes, method="sft", rounds=2,
+                           lr=1e-3, budget_minutes=6, critic="none", judge="none")
+        with _session(tmp_path / "t") as session:
+            out = tune(session, opts)
+            adapter = tmp_path.resolve() / "t" / "adapter"
+            artifact = session.store.one("SELECT kind FROM artifacts WHERE path = ?", (str(adapter),))
+        report = out.report
+        assert report["tuned_spec"] == f"openai:{base}+lora:{adapter}"
+        assert (adapter / "adapter_model.safetensors").is_file() and artifact["kind"] == "adapter"
+        rounds = report["learning"]["rounds"]
+        assert rounds[0]["model"] == f"openai:{base}"
+        assert rounds[1]["model"].startswith(f"openai:{base}+lora:")  # round 2 sampled with round 1's adapter
+        with urllib.request.urlopen(base + "/models", timeout=5) as r:
+            loaded = [m["root"] for m in json.load(r)["data"] if m["id"].startswith("plumb-")]
+        assert str(adapter) in loaded  # the shipped adapter, evaluated on the server
+        ev = report["eval"]
+        assert ev["n"] == 8 and ev["tuned"]["checks"]["all"]["rate"] > ev["base"]["checks"]["all"]["rate"]
+        assert report["probe"]["n"] == 8
+    finally:
+        proc.kill()
+        proc.wait(10)

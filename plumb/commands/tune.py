@@ -12,8 +12,8 @@ from plumb.pipeline.recipes import DEFAULT_METHOD, DEFAULT_ROUNDS, METHODS
 @click.command()
 @click.option("--constitution", "-c", help="A shipped constitution's name or your own TOML file "
                                            "(default: the workspace's; concise-writer for a new one).")
-@click.option("--model", help="The GGUF that samples and serves (llamacpp:PATH.gguf or starter; default: the "
-                              "workspace's generate model).")
+@click.option("--model", help="The model that samples and serves: llamacpp:PATH.gguf, starter, or servers that "
+                              "load adapters, openai:URL[,URL...][#MODEL] (default: the workspace's generate model).")
 @click.option("--train-model", help="The HF copy of --model the LoRA is trained on (default: the workspace's).")
 @click.option("--judge", help="A stronger judge, e.g. anthropic:claude-... or llamacpp:big.gguf (default: --model, "
                               "audited against the checks first); 'none': no AI judge.")
@@ -81,8 +81,8 @@ def tune(ctx, constitution, model, train_model, judge, critic, method, rounds, p
         w = ev["win_rate"]
         click.echo(f"judge prefers tuned: {w['rate']:.0%} (95% CI {w['lo']:.0%}-{w['hi']:.0%}, n {w['n']})")
     click.echo(f"report: {Path(directory) / 'report.md'}\n"
-               f"chat with it: plumb -w {directory} generate --model "
-               f"llamacpp:{out.report['base_gguf']}+lora:{out.report['adapter_gguf']} \"your question\"\n"
+               f"chat with it: plumb -w {directory} generate --model \"{out.report['tuned_spec']}\" "
+               "\"your question\"\n"
                f"or open it in the terminal UI: plumb tui {directory}")
 
 

@@ -19,6 +19,7 @@ class Backend:
     name: str = ""
     description: str = ""
     lora_scale: bool = False  # applies a spec's LoRA at a per-call scale: base and tuned from one loaded model
+    adapters: str = "gguf"  # what a spec's +lora: names: a GGUF LoRA file ("gguf") or a peft directory ("peft")
 
     def generate(self, model: ModelSpec, chats: list[Chat], params: SamplingParams) -> list[list[Completion]]:
         """One list of ``params.n`` completions per chat, in order."""

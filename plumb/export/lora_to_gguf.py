@@ -147,3 +147,24 @@ def export_merged(adapter_dir: str | Path, out_path: str | Path, base_dir: str |
         merged.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
         return export_gguf(tmp, out_path, quant)
+
+
+def scaled_adapter(adapter_dir: str, scale: float) -> str:
+    """A copy of the peft adapter whose update is ``scale`` times the original (every ``lora_B`` weight
+    scaled), next to it as ``ADAPTER-x<scale>``: the weights between the base (0) and the adapter (1),
+    as llama.cpp's per-call LoRA scale serves them (a server, which cannot scale per request, is given this
+    copy). Written once; returns its directory."""
+    src = Path(adapter_dir)
+    dst = src.with_name(f"{src.name}-x{scale:g}")
+    if (dst / "adapter_model.safetensors").is_file():
+        return str(dst)
+    from safetensors.torch import load_file, save_file
+
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    weights = load_file(str(src / "adapter_model.safetensors"))
+    weights = {k: v * scale if ".lora_B." in k else v for k, v in weights.items()}
+    save_file(weights, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (tmp / "adapter_config.json").write_bytes((src / "adapter_config.json").read_bytes())
+    tmp.replace(dst)
+    return str(dst)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from plumb.core.cache import sha256_of as sha256
 from plumb.core.records import Event, EventSink
+from plumb.export.lora_to_gguf import scaled_adapter  # noqa: F401 - the stages' name for it
 from plumb.pipeline.session import Session
 
 
@@ -30,23 +31,3 @@ def export_adapter(session: Session, adapter_dir: str, base_hf: str, run_id: int
     export_lora(adapter_dir, out, base_dir=base_hf)
     session.store.add_artifact("gguf-lora", str(out), run_id, sha256(out), {"adapter": adapter_dir, "base": base_hf})
     return out
-
-
-def scaled_adapter(adapter_dir: str, scale: float) -> str:
-    """A copy of the peft adapter whose update is ``scale`` times the original (every ``lora_B`` weight
-    scaled), next to it as ``ADAPTER-x<scale>``: the weights between the base (0) and the adapter (1),
-    as llama.cpp's per-call LoRA scale serves them. Written once; returns its directory."""
-    src = Path(adapter_dir)
-    dst = src.with_name(f"{src.name}-x{scale:g}")
-    if (dst / "adapter_model.safetensors").is_file():
-        return str(dst)
-    from safetensors.torch import load_file, save_file
-
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    weights = load_file(str(src / "adapter_model.safetensors"))
-    weights = {k: v * scale if ".lora_B." in k else v for k, v in weights.items()}
-    save_file(weights, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-    (tmp / "adapter_config.json").write_bytes((src / "adapter_config.json").read_bytes())
-    tmp.replace(dst)
-    return str(dst)

@@ -16,7 +16,9 @@ CURVES = (("loss", "loss"), ("rewards/accuracies", "reward accuracy"), ("rewards
 
 def write_report(session: Session, out: Path, const: Any, base_gguf: str, adapter_gguf: str, hf_base: str,
                  trained: Any, result: Any, learned: dict[str, Any], choice: dict[str, Any], source: str,
-                 seconds: dict[str, float], tax: Any) -> dict[str, Any]:
+                 seconds: dict[str, float], tax: Any, backend: str = "llamacpp") -> dict[str, Any]:
+    """``backend`` serves ``base_gguf`` (a GGUF, or servers' URLs) with ``adapter_gguf`` on it (a GGUF LoRA, or
+    a peft directory that servers load): ``tuned_spec`` in the report names the two together."""
     from plumb.pipeline.stats import workspace_counts
 
     store = session.store
@@ -25,6 +27,7 @@ def write_report(session: Session, out: Path, const: Any, base_gguf: str, adapte
     tps = store.metrics(trained.run_id, "tokens_per_s")
     report = {
         "base_gguf": base_gguf, "adapter_gguf": adapter_gguf, "hf_base": hf_base,
+        "tuned_spec": f"{backend}:{base_gguf}+lora:{adapter_gguf}",
         "constitution": {"name": const.name, "hash": const.hash}, "prompts_from": source, "counts": counts,
         "learning": learned, "critic": critic_stats(store),
         "train": {"run_id": trained.run_id, "steps": curves["loss"][-1][0] if curves["loss"] else 0,

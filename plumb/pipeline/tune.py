@@ -74,7 +74,7 @@ class Sizes:
 @dataclass
 class TuneOptions:
     constitution: str | None = None  # default: the workspace's
-    model: str | None = None  # the GGUF that samples and serves (default: the workspace's generate model)
+    model: str | None = None  # the GGUF or servers that sample and serve (default: the workspace's generate model)
     train_model: str | None = None  # the HF copy the LoRA is trained on (default: the workspace's train model)
     judge: str | None = None  # default: the model, audited; "none": no AI judge
     critic: str | None = None  # default: the model (self-critique); "none": no critique
@@ -117,18 +117,20 @@ class Clock:
 
 def models(session: Session, opts: TuneOptions) -> tuple[ModelSpec, str]:
     """(the base model that serves base and tuned answers, training base hf:DIR): the options' or the
-    workspace's; the starter is pulled on first use. Its backend must apply the tuned GGUF LoRA at a
-    per-call scale (``Backend.lora_scale``: llama.cpp's does)."""
+    workspace's; the starter is pulled on first use. Its backend must serve the tuned LoRA on the same base
+    at a chosen scale (``Backend.lora_scale``): llama.cpp's does per call, a pool of servers (``openai:``)
+    by loading the adapter, scaled copies included, with vLLM's runtime LoRA API."""
     gen = session.model("generate", opts.model)
     if gen.lora or not session.pm.backend(gen)[0].lora_scale:
-        raise PlumbError(f"tune serves base and tuned answers from one GGUF with its LoRA scaled per call, which "
-                         f"backend {gen.backend!r} does not do: the model must be llamacpp:PATH.gguf (no +lora) "
-                         f"or starter, not {gen}.", exit_code=2)
+        raise PlumbError(f"tune serves base and tuned answers from one base model with the tuned LoRA on it, which "
+                         f"backend {gen.backend!r} does not do: the model must be llamacpp:PATH.gguf or starter, or "
+                         f"servers that load adapters, openai:URL[,URL...][#MODEL] (no +lora), not {gen}.",
+                         exit_code=2)
     named = opts.model or session.ws.model("generate")
     if opts.train_model is None and named != "starter" and session.ws.model("train") == "starter":
         raise PlumbError("the model is not the starter: give --train-model hf:DIR, the Hugging Face copy of that "
-                         "GGUF the LoRA is trained on (`plumb models add NAME FILE.gguf --use` makes one).",
-                         exit_code=2)
+                         "model the LoRA is trained on (for a GGUF, `plumb models add NAME FILE.gguf --use` makes "
+                         "one).", exit_code=2)
     train = session.model("train", opts.train_model)
     return gen, str(train)
 
@@ -199,18 +201,25 @@ def tune(session: Session, opts: TuneOptions, sink: EventSink | None = None) -> 
     source = prompts(session, emit)
     clock.lap("prompts")
 
-    base_gguf = base.target
-    run = st.Run(session, opts, sizes, const, base_gguf, train_model, clock, emit, backend=base.backend)
+    base_gguf = base.target  # a GGUF, or the servers' URLs (openai:)
+    backend = session.pm.backend(base)[0]
+    run = st.Run(session, opts, sizes, const, base_gguf, train_model, clock, emit, backend=base.backend,
+                 adapters=backend.adapters)
     run.headroom()
     clock.lap("headroom")
     run.learn()
     chosen, choice, trained = run.choose()
     clock.lap("choose")
 
-    adapter_gguf = Path(session.root).resolve() / "adapter.gguf"
-    shutil.copyfile(chosen, adapter_gguf)
-    session.store.add_artifact("gguf-lora", str(adapter_gguf), trained.run_id,
-                               meta={"checkpoint": choice["chosen"], "base": base_gguf})
+    if run.adapters == "peft":  # servers load the peft directory itself
+        adapter_gguf = Path(session.root).resolve() / "adapter"
+        shutil.rmtree(adapter_gguf, ignore_errors=True)
+        shutil.copytree(chosen, adapter_gguf)
+    else:
+        adapter_gguf = Path(session.root).resolve() / "adapter.gguf"
+        shutil.copyfile(chosen, adapter_gguf)
+    session.store.add_artifact("gguf-lora" if run.adapters == "gguf" else "adapter", str(adapter_gguf),
+                               trained.run_id, meta={"checkpoint": choice["chosen"], "base": base_gguf})
     clock.lap("export")
 
     result, tax = run.evaluate(str(adapter_gguf))
@@ -220,7 +229,7 @@ def tune(session: Session, opts: TuneOptions, sink: EventSink | None = None) -> 
 
     emit(Event("stage", stage="report", message=str(Path(session.root) / "report.md")))
     report = write_report(session, Path(session.root), const, base_gguf, str(adapter_gguf), train_model,
-                          trained, result, run.summary(), choice, source, clock.seconds, tax)
+                          trained, result, run.summary(), choice, source, clock.seconds, tax, base.backend)
     emit(Event("done", values={"checks_base": report["eval"]["base"]["checks"].get("all", {}).get("rate", 0),
                                "checks_tuned": report["eval"]["tuned"]["checks"].get("all", {}).get("rate", 0)}))
     return Tuned(str(session.root), report)

@@ -95,10 +95,18 @@ class Run:
     trained: list[Trained] = field(default_factory=list)  # each round's run, in order
     trusted_judge: str | None = None
     backend: str = "llamacpp"  # serves base_gguf and the adapters (CompareOptions.backend)
+    adapters: str = "gguf"  # what that backend serves an adapter from: a GGUF LoRA, or the peft directory itself
 
     @property
     def recipe(self) -> Recipe:
         return RECIPES[self.opts.method]
+
+    def served(self, adapter_dir: str, run_id: int | None, gguf: str) -> str:
+        """The trained adapter as the backend serves it: exported to the GGUF LoRA ``gguf`` for llama.cpp, or
+        the peft directory itself for servers that load one (its absolute path: they must see it)."""
+        if self.adapters == "peft":
+            return str(Path(adapter_dir).resolve())
+        return str(export_adapter(self.session, adapter_dir, self.train_model.removeprefix("hf:"), run_id, gguf))
 
     # -- 2. headroom ---------------------------------------------------------------------------
     def headroom(self) -> None:
@@ -164,9 +172,8 @@ class Run:
         """k answers per prompt from the base (round 1) or the adapter so far; returns the sampler's spec."""
         spec = self.opts.model
         if adapter_dir is not None:
-            gguf = export_adapter(self.session, adapter_dir, self.train_model.removeprefix("hf:"),
-                                  self.rounds[-1].run_id, str(Path(adapter_dir).parent / "adapter.gguf"))
-            spec = f"{self.backend}:{self.base_gguf}+lora:{gguf}"
+            lora = self.served(adapter_dir, self.rounds[-1].run_id, str(Path(adapter_dir).parent / "adapter.gguf"))
+            spec = f"{self.backend}:{self.base_gguf}+lora:{lora}"
         params = SamplingParams(n=self.sizes.k, temperature=0.8, top_p=0.95, max_tokens=self.sizes.max_tokens,
                                 seed=self.opts.seed + r)
         out = sample(self.session, SampleOptions(model=spec, prompt_ids=ids, params=params,
@@ -277,6 +284,8 @@ class Run:
                   "holdout": 0.0, "eval_every": 0, "gap_every": 0, "keep_checkpoints": 0, "seed": self.opts.seed,
                   "time_limit_s": round(seconds, 1), "checkpoint_every": max(1, math.ceil(steps / self.sizes.checkpoints)),
                   "rewards": learn.check_rewards(self.const), "zero_spread_patience": 0, **MEMORY}
+        if self.adapters == "peft":  # the rollouts from the servers, each update loaded there
+            config["rollouts"] = f"{self.backend}:{self.base_gguf}"
         self.clock.lap("sample")
         trained = train(self.session, TrainOptions(self.recipe.method, policy=self.train_model, tasks=str(path), config=config,
                                                    constitution=self.opts.constitution, isolate=self.opts.isolate),
@@ -306,10 +315,9 @@ class Run:
                                 f"then on the dev probe's facts the base knows"))
         unscaled = []
         for k, (t, ckpt) in enumerate(found, 1):
-            gguf = export_adapter(self.session, str(ckpt / "adapter"), self.train_model.removeprefix("hf:"),
-                                  t.run_id, str(ckpt / "adapter.gguf"))
+            lora = self.served(str(ckpt / "adapter"), t.run_id, str(ckpt / "adapter.gguf"))
             unscaled.append(self._dev(f"round{self.trained.index(t) + 1}/{ckpt.name}", t, str(ckpt / "adapter"),
-                                      str(gguf)))
+                                      lora))
             self.emit(Event("progress", stage="choose", step=k, total=len(found)))
         # the probe asks the best by the checks first (the earliest among equals: a stable sort); the first that
         # keeps the facts is the choice, so the ones after it are not asked
@@ -323,7 +331,7 @@ class Run:
             top = probed[0]
             for scale in SCALES:
                 probed.append(self._facts(self._dev(f"{top['name']} x{scale:g}", top["trained"], top["adapter"],
-                                                    top["gguf"], scale)))
+                                                    top["served"], scale)))
                 if _keeps(probed[-1]):
                     kept = probed[-1]
                     break
@@ -331,11 +339,11 @@ class Run:
         # bar is not shipped (on concise-writer x0.5 kept 2 dev facts more, 21 vs 19 of 23, within the noise,
         # for -17 points on the held-out checks, bench/RESULTS.md)
         best = kept or max(unscaled, key=lambda c: (c["facts"].often.value if c["facts"].often else 0.0, c["checks"]))
-        gguf = best["gguf"]
+        lora = best["served"]
         if best["scale"] != 1.0:
             adapter = scaled_adapter(best["adapter"], best["scale"])
-            gguf = str(export_adapter(self.session, adapter, self.train_model.removeprefix("hf:"),
-                                      best["trained"].run_id, str(Path(adapter).parent / f"{Path(adapter).name}.gguf")))
+            lora = self.served(adapter, best["trained"].run_id,
+                               str(Path(adapter).parent / f"{Path(adapter).name}.gguf"))
         choice = {"chosen": best["name"], "scale": best["scale"],
                   "dev_checks": {c["name"]: c["checks"][0] for c in unscaled + [c for c in probed if c["scale"] != 1.0]},
                   "dev_checks_base": unscaled[0]["dev_base"],
@@ -344,20 +352,21 @@ class Run:
                           f"least {KEEP:.0%} as often as the base" if kept else
                           f"no candidate answered the dev probe's facts {KEEP:.0%} as often as the base, at any "
                           "scale: the checkpoint keeping the most")}
-        return Path(gguf), choice, best["trained"]
+        return Path(lora), choice, best["trained"]
 
-    def _dev(self, name: str, trained: Trained, adapter: str, gguf: str, scale: float = 1.0) -> dict[str, Any]:
-        """One candidate (an adapter at a LoRA scale) on the dev prompts by the checks."""
+    def _dev(self, name: str, trained: Trained, adapter: str, served: str, scale: float = 1.0) -> dict[str, Any]:
+        """One candidate (an adapter at a LoRA scale; ``served``: as the backend serves it) on the dev prompts
+        by the checks."""
         params = SamplingParams(n=1, temperature=0.0, max_tokens=self.sizes.max_tokens, seed=0)
-        dev = compare(self.session, CompareOptions(self.base_gguf, gguf, split="dev", params=params,
+        dev = compare(self.session, CompareOptions(self.base_gguf, served, split="dev", params=params,
                                                    constitution=self.opts.constitution, limit=self.sizes.dev_prompts,
                                                    backend=self.backend, scale=scale))
         return {"name": name, "checks": (dev.checks["tuned"], dev.scores["tuned"]), "dev_base": dev.checks["base"],
-                "adapter": adapter, "gguf": gguf, "scale": scale, "trained": trained}
+                "adapter": adapter, "served": served, "scale": scale, "trained": trained}
 
     def _facts(self, cand: dict[str, Any]) -> dict[str, Any]:
         """The candidate on the dev probe's facts the base knows (``cand["facts"]``, a ``probe.Probe``)."""
-        facts = probe(self.session, self.base_gguf, cand["gguf"], self.opts.constitution,
+        facts = probe(self.session, self.base_gguf, cand["served"], self.opts.constitution,
                       limit=self.sizes.probe_questions, split="facts-dev", backend=self.backend,
                       known_only=True, scale=cand["scale"])
         cand["facts"] = facts

@@ -4,7 +4,8 @@ Any server speaking ``POST /v1/chat/completions`` — llama.cpp's server,
 ``python -m llama_cpp.server``, vLLM, LM Studio — or a pool of them serving the
 same model. A thin backend object over ``plumb.serving.openai_chat`` (what it
 guarantees is written there and in ``plumb.serving.pool``): generation and
-option log-probs.
+option log-probs, with a peft LoRA adapter (``+lora:DIR[@SCALE]``) loaded on the
+servers by vLLM's runtime LoRA API.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from plumb.core.records import Chat, Completion, ModelSpec, SamplingParams
 
 class OpenAIHTTP(Backend):
     name = "openai"
+    lora_scale = True  # a scaled copy of the adapter is loaded (servers take no per-request scale)
+    adapters = "peft"
     description = ("OpenAI-compatible HTTP servers (llama.cpp server, vLLM, ...), one or a pool: chat completions, "
                    "n, logprobs, option log-probs")
 

@@ -12,7 +12,7 @@ A spec with ``+lora:ADAPTER[@SCALE]`` asks for that adapter: the pool loads it o
 (vLLM's runtime LoRA API, see ``plumb.serving.pool``) under a name made from the adapter's path, the time
 its weights were written and the scale, and the requests name it as their model. ADAPTER is a peft
 adapter directory (what vLLM loads; ``plumb serve`` also takes a GGUF LoRA) on a path the servers can read.
-A scale other than 1 is served from a copy beside it, ``ADAPTER.xSCALE``, whose B matrices are scaled.
+A scale other than 1 is served from a copy beside it, ``ADAPTER-xSCALE``, whose B matrices are scaled.
 With ``logprobs`` each completion carries its sampled tokens' log-probs (``token_logprobs``).
 
 ``option_logprobs`` asks for one token at temperature 0 with ``logprobs: true, top_logprobs: 20``
@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -66,32 +65,18 @@ def _weights(path: Path) -> Path:
                      "nor a file.", exit_code=2)
 
 
-def scaled_copy(path: Path, scale: float) -> Path:
-    """``path.xSCALE``: the peft adapter with every lora_B scaled by ``scale`` (made once)."""
-    out = path.with_name(f"{path.name}.x{scale:g}")
-    if (out / "adapter_model.safetensors").is_file():
-        return out
-    if path.is_file() or not (path / "adapter_model.safetensors").is_file():
-        raise PlumbError(f"LoRA adapter {path}: a scale other than 1 needs a peft directory with "
-                         "adapter_model.safetensors.", exit_code=2)
-    from safetensors.numpy import load_file, save_file
-
-    tensors = {k: v * scale if "lora_B" in k else v for k, v in load_file(path / "adapter_model.safetensors").items()}
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(path, tmp)
-    save_file({k: v.astype(tensors[k].dtype) for k, v in tensors.items()}, tmp / "adapter_model.safetensors")
-    tmp.replace(out)
-    return out
-
-
 def adapter_of(model: ModelSpec) -> Adapter | None:
-    """The spec's LoRA as the pool loads it (see the module docstring); None without one."""
-    if not model.lora:
+    """The spec's LoRA as the pool loads it (see the module docstring); None without one or at scale 0."""
+    if not model.lora or model.lora_scale == 0:
         return None
     path = Path(model.lora).expanduser().resolve()
     if model.lora_scale != 1.0:
-        path = scaled_copy(path, model.lora_scale)
+        if not (path / "adapter_model.safetensors").is_file():
+            raise PlumbError(f"LoRA adapter {path}: a scale other than 1 needs a peft directory with "
+                             "adapter_model.safetensors.", exit_code=2)
+        from plumb.export.lora_to_gguf import scaled_adapter
+
+        path = Path(scaled_adapter(str(path), model.lora_scale))
     stat = _weights(path).stat()
     digest = hashlib.sha256(f"{path}:{stat.st_mtime_ns}:{stat.st_size}".encode()).hexdigest()[:16]
     return Adapter(f"plumb-{digest}", str(path))

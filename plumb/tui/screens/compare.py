@@ -110,7 +110,7 @@ class CompareScreen(PlumbScreen):
             backend = self.session.pm.backend(spec)[0]
         except PlumbError:  # e.g. the starter is not pulled yet, a backend no plugin offers
             return ""
-        return spec.target if backend.lora_scale else ""
+        return spec.target if backend.lora_scale and backend.adapters == "gguf" else ""
 
     def _paths(self) -> tuple[str, str] | None:
         base = self.query_one("#base", Input).value.strip()
