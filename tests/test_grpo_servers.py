@@ -74,3 +74,42 @@ def test_rollouts_from_a_pool_load_each_update_and_survive_a_killed_server(flat_
 
 def math_ok(x: float) -> bool:
     return x == x and abs(x) < 1e6
+
+
+def test_all_servers_down_stops_the_run_resumably(flat_model, two_servers, tmp_path, pm):
+    """Both servers die after step 3: the run stops naming them, with steps 1-3's rollouts written and the
+    step-2 checkpoint kept; with the servers back on their ports it resumes there and finishes."""
+    from plumb.core.errors import BackendUnavailable
+    from plumb.train import checkpoint
+
+    (a_proc, a), (b_proc, b) = two_servers
+    out = tmp_path / "run"
+
+    def sink(event):
+        if event.kind == "metric" and event.step == 3:
+            for proc in (a_proc, b_proc):
+                proc.kill()
+                proc.wait(10)
+
+    run = RunSpec("grpo", ModelSpec("hf", str(flat_model)), tasks(32), str(out),
+                  config={**FAST, "steps": 4, "checkpoint_every": 2, "rollouts": f"openai:{a},{b}"})
+    with pytest.raises(BackendUnavailable, match=rf"cannot reach .*{a}.*{b}"):
+        grpo.train(run, HookContext(pm, sink))
+    lines = [json.loads(x) for x in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert sorted({x["step"] for x in lines}) == [1, 2, 3] and len(lines) == 3 * 4 * 8
+    assert [c.name for c in checkpoint.checkpoints(out)] == ["step-2"]
+
+    gguf = tmp_path / "flat.f16.gguf"
+    back = [start_plumb_server(gguf, tmp_path / f"back{i}.log", flat_model, int(url.rsplit(":", 1)[1].split("/")[0]))
+            for i, url in enumerate((a, b))]
+    try:
+        for i, (proc, url) in enumerate(back):
+            wait_up(proc, url, tmp_path / f"back{i}.log", 60)
+        events = []
+        run.config["resume"] = True
+        grpo.train(run, HookContext(pm, events.append))
+        assert [e.step for e in events if e.kind == "metric" and e.step > 0] == [3, 4]
+    finally:
+        for proc, _ in back:
+            proc.kill()
+            proc.wait(10)
