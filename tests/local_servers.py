@@ -3,6 +3,7 @@ HTTP APIs, and ``python -m llama_cpp.server`` or ``plumb serve`` started on a GG
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -46,6 +47,7 @@ def start_llama_server(gguf, log_path, *extra: str) -> tuple[subprocess.Popen, s
         proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
                                  "--port", str(port), "--n_ctx", "512", *extra, "--logits_all", "true"],
                                 stdout=log, stderr=subprocess.STDOUT)
+    proc.log_path = log_path
     return proc, f"http://127.0.0.1:{port}/v1"
 
 
@@ -59,7 +61,26 @@ def start_plumb_server(gguf, log_path, hf_dir=None, port: int | None = None,
         proc = subprocess.Popen([sys.executable, "-m", "plumb", "serve", str(gguf), "--port", str(port),
                                  *(["--hf", str(hf_dir)] if hf_dir else [])], stdout=log, stderr=subprocess.STDOUT,
                                 env=env)
+    proc.log_path = log_path
     return proc, f"http://127.0.0.1:{port}/v1"
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+@contextlib.contextmanager
+def running(servers: list[tuple[subprocess.Popen, str]], seconds: float = 60):
+    """Waits for each (process, base URL) that ``start_*`` returned to answer, yields them, and kills every one
+    at the end, answering or not."""
+    try:
+        for proc, url in servers:
+            wait_up(proc, url, proc.log_path, seconds)
+        yield servers
+    finally:
+        for proc, _ in servers:
+            proc.kill()
+            proc.wait(10)
 
 
 def wait_up(proc: subprocess.Popen, base: str, log_path, seconds: float) -> None:

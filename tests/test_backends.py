@@ -12,7 +12,7 @@ import pytest
 
 from plumb.core.errors import PlumbError
 from plumb.core.records import Chat, ModelSpec, SamplingParams
-from tests.local_servers import JSONHandler, free_port, start_llama_server, wait_up
+from tests.local_servers import JSONHandler, free_port, running, start_llama_server
 
 CHATS = [Chat.from_user("Why is the sky blue?"), Chat.from_user("Tell me a story", system="Be brief.")]
 
@@ -128,13 +128,8 @@ def test_hf_batched_left_padding_matches_one_by_one(tiny_model_dir):
 def llama_server(tiny_gguf, tmp_path_factory):
     pytest.importorskip("uvicorn")
     log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
-    proc, url = start_llama_server(tiny_gguf, log_path)
-    try:
-        wait_up(proc, url, log_path, 60)
+    with running([start_llama_server(tiny_gguf, log_path)]) as [(_, url)]:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_openai_http_against_llama_cpp_server(llama_server):

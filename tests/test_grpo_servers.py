@@ -13,7 +13,7 @@ from plumb.core.context import HookContext
 from plumb.core.records import ModelSpec, RunSpec
 from plumb.serving.pool import ServerWarning
 from plumb.train import grpo
-from tests.local_servers import start_plumb_server, wait_up
+from tests.local_servers import port_of, running, start_plumb_server
 from tests.test_grpo import FAST, flat_model, pm, tasks  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,15 +29,8 @@ def two_servers(flat_model, tmp_path):
     from plumb.export import export_gguf
 
     gguf = export_gguf(flat_model, tmp_path / "flat.f16.gguf", "f16")
-    procs = [start_plumb_server(gguf, tmp_path / f"server{i}.log", flat_model) for i in range(2)]
-    try:
-        for i, (proc, base) in enumerate(procs):
-            wait_up(proc, base, tmp_path / f"server{i}.log", 60)
+    with running([start_plumb_server(gguf, tmp_path / f"server{i}.log", flat_model) for i in range(2)]) as procs:
         yield procs
-    finally:
-        for proc, _ in procs:
-            proc.kill()
-            proc.wait(10)
 
 
 def test_rollouts_from_a_pool_load_each_update_and_survive_a_killed_server(flat_model, two_servers, tmp_path, pm):
@@ -100,16 +93,9 @@ def test_all_servers_down_stops_the_run_resumably(flat_model, two_servers, tmp_p
     assert [c.name for c in checkpoint.checkpoints(out)] == ["step-2"]
 
     gguf = tmp_path / "flat.f16.gguf"
-    back = [start_plumb_server(gguf, tmp_path / f"back{i}.log", flat_model, int(url.rsplit(":", 1)[1].split("/")[0]))
-            for i, url in enumerate((a, b))]
-    try:
-        for i, (proc, url) in enumerate(back):
-            wait_up(proc, url, tmp_path / f"back{i}.log", 60)
+    with running([start_plumb_server(gguf, tmp_path / f"back{i}.log", flat_model, port_of(url))
+                  for i, url in enumerate((a, b))]):
         events = []
         run.config["resume"] = True
         grpo.train(run, HookContext(pm, events.append))
-        assert [e.step for e in events if e.kind == "metric" and e.step > 0] == [3, 4]
-    finally:
-        for proc, _ in back:
-            proc.kill()
-            proc.wait(10)
+    assert [e.step for e in events if e.kind == "metric" and e.step > 0] == [3, 4]

@@ -14,7 +14,7 @@ import pytest
 from plumb.core.errors import BackendUnavailable, PlumbError
 from plumb.core.records import Chat, ModelSpec, SamplingParams
 from plumb.serving.pool import Pool, ServerWarning, retry_after
-from tests.local_servers import JSONHandler, free_port, start_llama_server, wait_up
+from tests.local_servers import JSONHandler, free_port, running, start_llama_server
 
 
 class Fake(JSONHandler):
@@ -165,15 +165,9 @@ def two_llama_servers(tiny_gguf, tmp_path_factory):
     """Two servers for the module's tests; the last test kills the second one."""
     pytest.importorskip("uvicorn")
     logs = tmp_path_factory.mktemp("llama-servers")
-    procs = [start_llama_server(tiny_gguf, logs / f"server{i}.log", "--n_threads", "1") for i in range(2)]
-    try:
-        for i, (proc, base) in enumerate(procs):
-            wait_up(proc, base, logs / f"server{i}.log", 90)
+    with running([start_llama_server(tiny_gguf, logs / f"server{i}.log", "--n_threads", "1") for i in range(2)],
+                 90) as procs:
         yield procs
-    finally:
-        for proc, _ in procs:
-            proc.kill()
-            proc.wait(10)
 
 
 CHATS = [Chat.from_user(f"Tell me about the number {i}.") for i in range(12)]

@@ -13,7 +13,7 @@ import pytest
 
 from plumb.core.errors import PlumbError
 from plumb.core.records import Chat, ModelSpec, SamplingParams
-from tests.local_servers import start_plumb_server, wait_up
+from tests.local_servers import port_of, start_plumb_server, wait_up
 
 CHATS = [Chat.from_user(f"Tell me about the number {i}.") for i in range(4)]
 SEEDED = SamplingParams(n=2, temperature=1.0, max_tokens=8, seed=7)  # seeded: the same draws on the same logits
@@ -43,7 +43,7 @@ def server(tiny_gguf, tiny_model_dir, tmp_path_factory):
     def restart():
         state["proc"].kill()
         state["proc"].wait(10)
-        start(int(state["base"].rsplit(":", 1)[1].split("/")[0]))
+        start(port_of(state["base"]))
 
     start()
     state["restart"] = restart

@@ -111,12 +111,10 @@ def test_tune_against_a_server_that_loads_each_adapter(tmp_path, real_starter):
     from the server, which loads round 1's adapter to sample round 2, each checkpoint to choose and the shipped
     adapter (a peft directory) to evaluate; the tuned model still moves toward the checks."""
     from plumb.pipeline.tune import Sizes, TuneOptions, tune
-    from tests.local_servers import start_plumb_server, wait_up
+    from tests.local_servers import running, start_plumb_server
 
     gguf, hf = real_starter
-    proc, base = start_plumb_server(gguf, tmp_path / "serve.log", hf, threads=2)
-    try:
-        wait_up(proc, base, tmp_path / "serve.log", 120)
+    with running([start_plumb_server(gguf, tmp_path / "serve.log", hf, threads=2)], 120) as [(_, base)]:
         sizes = Sizes(train_prompts=12, dev_prompts=3, eval_prompts=8, probe_questions=8, k=4, critique_drafts=2,
                       judge_audit=4, max_tokens=96, checkpoints=2)
         opts = TuneOptions(model=f"openai:{base}", train_model=f"hf:{hf}", sizes=sizes, method="sft", rounds=2,
@@ -137,6 +135,3 @@ def test_tune_against_a_server_that_loads_each_adapter(tmp_path, real_starter):
         ev = report["eval"]
         assert ev["n"] == 8 and ev["tuned"]["checks"]["all"]["rate"] > ev["base"]["checks"]["all"]["rate"]
         assert report["probe"]["n"] == 8
-    finally:
-        proc.kill()
-        proc.wait(10)
