@@ -82,14 +82,23 @@ def test_an_adapter_loaded_at_run_time_answers_as_llama_cpp_in_process(server, a
     assert texts(tiny) == texts(base) and (adapter.parent / "lora-x1e-06" / "adapter_model.safetensors").is_file()
 
 
-def test_sampled_tokens_carry_their_log_probs(server, adapter):
+def test_sampled_tokens_carry_their_log_probs_and_ids(server, adapter, tiny_gguf, tmp_path):
+    """Asked for log-probs and token ids (vLLM's return_tokens_as_token_ids), the server gives what llama.cpp
+    gives in process for the same seeded draws: the same ids, each with its own log-prob."""
+    from plumb.export.lora_to_gguf import export_lora
+    from plumb.llamacpp import generate as local
     from plumb.serving import openai_chat
 
     params = SamplingParams(n=2, temperature=1.0, max_tokens=8, seed=3, logprobs=1)
-    got = openai_chat.generate(ModelSpec("openai", server["base"], lora=str(adapter)), CHATS[:2], params)
-    for c in (c for r in got for c in r):
-        assert 0 < len(c.token_logprobs) <= 8 and (c.finish_reason == "stop" or len(c.token_logprobs) == 8)
-        assert all(lp <= 1e-6 for lp in c.token_logprobs) and len(c.top_logprobs) == c.completion_tokens
+    got = openai_chat.generate(ModelSpec("openai", server["base"], lora=str(adapter)), CHATS[:2], params,
+                               token_ids=True)
+    gguf = export_lora(adapter, tmp_path / "lora.gguf")
+    here = [local(ModelSpec("llamacpp", str(tiny_gguf), lora=str(gguf)), [chat], params)[0] for chat in CHATS[:2]]
+    for c, h in zip((c for r in got for c in r), (h for r in here for h in r)):
+        assert c.token_ids == h.token_ids and len(c.token_ids) == c.completion_tokens > 0
+        assert c.token_logprobs == pytest.approx(h.token_logprobs, abs=1e-4) and max(c.token_logprobs) <= 1e-6
+    plain = openai_chat.generate(ModelSpec("openai", server["base"]), CHATS[:1], params)  # ids not asked: none
+    assert plain[0][0].token_ids is None and plain[0][0].token_logprobs
 
 
 def test_a_restarted_server_is_given_the_adapter_again(server, adapter):

@@ -90,6 +90,7 @@ class Completion:
     # temperature 1, as OpenAI's ``logprobs.content[i].logprob``
     token_logprobs: list[float] | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    token_ids: list[int] | None = None  # the sampled tokens' ids, where the backend says them (with log-probs)
 
 
 @dataclass

@@ -16,15 +16,16 @@ and the TUI's chat. Quantized GGUF models on the CPU through llama-cpp-python. W
 * **Sampling by llama.cpp's own sampler chain** (top-p, temperature, seeded
   distribution; greedy at temperature 0) and, on request, the top-k log-probs
   of every generated token computed from the raw logits — without
-  ``logits_all``, which would keep a (context x vocabulary) float matrix.
+  ``logits_all``, which would keep a (context x vocabulary) float matrix —
+  with each sampled token's own log-prob and id.
   Log-probs are keyed by token text; distinct tokens with the same text are
   one entry whose probability is their sum over the whole vocabulary.
 * **Several samples at once.** Sampling at temperature > 0 with more than
-  one sequence to produce (``n`` > 1 or several prompts) and no log-probs
-  decodes the sequences together in a second context on the same weights,
-  one seeded sampler per completion (``plumb.llamacpp.batch``). Greedy decoding
-  and log-probs keep the one-sequence path: each completion after the
-  other, all drawn from one sampler seeded once.
+  one sequence to produce (``n`` > 1 or several prompts) decodes the
+  sequences together in a second context on the same weights, one seeded
+  sampler per completion (``plumb.llamacpp.batch``). Greedy decoding keeps
+  the one-sequence path: each completion after the other, all drawn from one
+  sampler seeded once.
 * **Streaming.** ``stream`` decodes one chat's answer as ``generate`` does
   and hands the text so far to a callback after every token (a chat UI);
   an exception the callback raises stops decoding and propagates.
@@ -72,10 +73,8 @@ def _generate(spec: ModelSpec, chats: list[Chat], params: SamplingParams, n_ctx:
     prompts = fit_prompts(spec, loaded, chats)
     name = _name(spec)
     if batched is None:
-        batched = params.temperature > 0 and not params.logprobs and params.n * len(prompts) > 1
+        batched = params.temperature > 0 and params.n * len(prompts) > 1
     if batched:
-        if params.logprobs:
-            raise ValueError("batched sampling does not compute log-probs; leave batched unset")
         from plumb.llamacpp.batch import sample_batched
 
         return sample_batched(loaded, prompts, params, name)
@@ -96,8 +95,9 @@ def generate(spec: ModelSpec, chats: list[Chat], params: SamplingParams, n_ctx: 
     """One list of ``params.n`` completions per chat (one caller at a time: the model and its cache are shared).
 
     ``batched`` None (the default) decodes the sequences together when sampling (temperature > 0)
-    more than one sequence without log-probs, else one at a time: samples of a prompt one after
-    the other from one sampler seeded once. True forces the batched decoder, False the other."""
+    more than one sequence, else one at a time: samples of a prompt one after the other from one
+    sampler seeded once. True forces the batched decoder, False the other. With ``params.logprobs``
+    both give each token's top log-probs, the sampled tokens' own and their ids."""
     with _LOCK:
         return _generate(spec, chats, params, n_ctx, batched)
 

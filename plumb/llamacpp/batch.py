@@ -30,13 +30,15 @@ bench/bench_sampling.py.
   sequence stops on its own at an end-of-generation token, a stop string,
   ``max_tokens`` or the model's context size, with the finish reasons and
   token counts of the one-sequence path.
+* **Log-probs** (``params.logprobs``), read off each step's logits as the
+  one-sequence path does: the top-k of every step, the sampled tokens' own and
+  their ids.
 
 Seeded samples differ from the one-sequence path's, which draws all the
 samples of a call from one sampler seeded once. Greedy decoding stays on the
 one-sequence path; forced through here (``generate(..., batched=True)``) it
 gives the same text on the tests' models, though the logits of the two paths
-can differ in the last bits. Log-probs are only computed by the one-sequence
-path.
+can differ in the last bits.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from typing import Any
 from plumb.core.decoding import common_prefix, cut_at_stop
 from plumb.core.errors import PlumbError
 from plumb.core.records import Completion, SamplingParams
-from plumb.llamacpp.model import Loaded, apply_lora, cpu_threads, make_sampler
+from plumb.llamacpp.model import Loaded, apply_lora, cpu_threads, log_softmax, make_sampler, top_logprobs
 
 MAX_SEQS = 64  # sequences decoded together at most
 PREFILL_BATCH = 512  # prompt tokens per llama_decode call
@@ -125,6 +127,13 @@ class BatchContext:
                 tokens[i] = tok
         return tokens
 
+    def logits(self, index: int, n_vocab: int):
+        """The logits at batch index ``index`` (a view, valid until the next decode)."""
+        import llama_cpp
+        import numpy as np
+
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, index), shape=(n_vocab,))
+
     def close(self) -> None:
         import llama_cpp
 
@@ -199,6 +208,8 @@ class Sequence:
     n_prompt: int
     sampler: Any
     out: list[int] = field(default_factory=list)
+    top: list[dict[str, float]] = field(default_factory=list)  # with log-probs: each step's top-k
+    chosen: list[float] = field(default_factory=list)  # with log-probs: each sampled token's own
     raw: bytes = b""
     text: str = ""
     finish: str | None = None
@@ -213,9 +224,12 @@ def sample_batched(loaded: Loaded, prompts: list[list[int]], params: SamplingPar
     results: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
     for parts in plan(prompts, params.n, params.max_tokens, loaded.n_ctx, bc.cells, bc.seqs):
         for s in run_round(bc, loaded, prompts, parts, params):
+            lps = bool(params.logprobs)
             results[s.prompt][s.sample] = Completion(
                 text=s.text, model=name, backend="llamacpp", finish_reason=s.finish or "length",
-                prompt_tokens=s.n_prompt, completion_tokens=len(s.out), params=params.to_dict())
+                prompt_tokens=s.n_prompt, completion_tokens=len(s.out), params=params.to_dict(),
+                top_logprobs=s.top if lps else None, token_logprobs=s.chosen if lps else None,
+                token_ids=list(s.out) if lps else None)
     return results  # type: ignore[return-value]
 
 
@@ -226,9 +240,15 @@ def run_round(bc: BatchContext, loaded: Loaded, prompts: list[list[int]], parts:
 
     llm = loaded.llm
     vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
+    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
 
-    def advance(s: Sequence, tok: int) -> None:
-        """Take ``s``'s next token; stop it if it is done."""
+    def advance(s: Sequence, tok: int, index: int) -> None:
+        """Take ``s``'s next token (drawn from the logits at batch ``index``); stop it if it is done."""
+        if params.logprobs:
+            logits = bc.logits(index, n_vocab)
+            s.top.append(top_logprobs(loaded, logits, params.logprobs))
+            if not llama_cpp.llama_vocab_is_eog(vocab, tok):
+                s.chosen.append(float(log_softmax(logits)[tok]))
         if llama_cpp.llama_vocab_is_eog(vocab, tok):
             s.finish = "stop"
             return
@@ -264,7 +284,7 @@ def run_round(bc: BatchContext, loaded: Loaded, prompts: list[list[int]], parts:
                     llama_cpp.llama_memory_seq_cp(bc.memory, home, s.seq_id, -1, -1)
             if params.max_tokens > 0:  # every completion's first token, from the prompt's last logits
                 for s, tok in zip(new, bc.sample([s.sampler for s in new], [len(chunk) - 1] * len(new))):
-                    advance(s, tok)
+                    advance(s, tok, len(chunk) - 1)
             else:
                 for s in new:
                     s.finish = "length"
@@ -273,8 +293,8 @@ def run_round(bc: BatchContext, loaded: Loaded, prompts: list[list[int]], parts:
             if not live:
                 return seqs
             bc.decode([(s.out[-1], s.n_prompt + len(s.out) - 1, s.seq_id, True) for s in live])
-            for s, tok in zip(live, bc.sample([s.sampler for s in live], list(range(len(live))))):
-                advance(s, tok)
+            for i, (s, tok) in enumerate(zip(live, bc.sample([s.sampler for s in live], list(range(len(live)))))):
+                advance(s, tok, i)
     finally:
         for s in seqs:
             llama_cpp.llama_sampler_free(s.sampler)

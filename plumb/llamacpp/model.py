@@ -401,4 +401,5 @@ def complete(loaded: Loaded, tokens: list[int], params: SamplingParams, sampler,
         logits = last_logits(llm) if lps is not None else None
     return Completion(text=text, model=name, backend="llamacpp", finish_reason=finish,
                       prompt_tokens=len(tokens), completion_tokens=len(out), top_logprobs=lps,
-                      token_logprobs=chosen if lps is not None else None, params=params.to_dict())
+                      token_logprobs=chosen if lps is not None else None, params=params.to_dict(),
+                      token_ids=list(out) if lps is not None else None)

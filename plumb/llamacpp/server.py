@@ -8,9 +8,10 @@ an adapter that training has just written. This server answers the routes a vLLM
 
 * ``GET /v1/models``: the base model (as ``default`` and as the GGUF file's stem) and the loaded adapters.
 * ``POST /v1/chat/completions``: ``messages``, ``n``, ``temperature``, ``top_p``, ``max_tokens``, ``seed``,
-  ``stop``, ``logprobs``/``top_logprobs``; ``model`` names the base or a loaded adapter (404 for any other
-  name, as vLLM). The ``n`` answers are decoded together (``plumb.llamacpp.generate``); with ``logprobs``
-  one at a time, each token's entry carrying its own log-prob (temperature 1) and its top alternatives.
+  ``stop``, ``logprobs``/``top_logprobs``, ``return_tokens_as_token_ids``; ``model`` names the base or a loaded
+  adapter (404 for any other name, as vLLM). The ``n`` answers are decoded together
+  (``plumb.llamacpp.generate``); with ``logprobs`` each sampled token's entry carries its own log-prob
+  (temperature 1), its top alternatives, and as ``token`` its text or, asked, ``token_id:ID``.
 * ``POST /v1/load_lora_adapter`` ``{"lora_name", "lora_path"}``: a peft adapter directory (converted to
   a GGUF LoRA by ``plumb.export``, against the base named in its adapter_config.json or ``--hf``) or a
   GGUF LoRA file. 400 when the name is taken, as vLLM.
@@ -66,6 +67,11 @@ class State:
         if loaded is None:
             raise HTTPError(404, f"The model `{model}` does not exist.", "NotFoundError")
         return ModelSpec("llamacpp", self.gguf, lora=loaded[1])
+
+    def text(self, token: int) -> str:
+        from plumb.llamacpp import load
+
+        return load(self.gguf).vocab_text().texts[token]
 
     def load(self, name: str, path: str) -> str:
         if not name or not path:
@@ -138,9 +144,12 @@ def chat_completion(state: State, body: dict[str, Any]) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": c.text},
                                   "finish_reason": c.finish_reason}
         if params.logprobs:
+            ids = c.token_ids or []
+            as_ids = bool(body.get("return_tokens_as_token_ids"))
             choice["logprobs"] = {"content": [
-                {"logprob": lp, "top_logprobs": [{"token": t, "logprob": v} for t, v in top.items()]}
-                for lp, top in zip(c.token_logprobs or [], c.top_logprobs or [])]}
+                {"token": f"token_id:{tid}" if as_ids else state.text(tid), "logprob": lp,
+                 "top_logprobs": [{"token": t, "logprob": v} for t, v in top.items()]}
+                for tid, lp, top in zip(ids, c.token_logprobs or [], c.top_logprobs or [])]}
         choices.append(choice)
     return {"object": "chat.completion", "model": model, "choices": choices,
             "usage": {"prompt_tokens": comps[0].prompt_tokens if comps else 0,

@@ -13,7 +13,9 @@ A spec with ``+lora:ADAPTER[@SCALE]`` asks for that adapter: the pool loads it o
 its weights were written and the scale, and the requests name it as their model. ADAPTER is a peft
 adapter directory (what vLLM loads; ``plumb serve`` also takes a GGUF LoRA) on a path the servers can read.
 A scale other than 1 is served from a copy beside it, ``ADAPTER-xSCALE``, whose B matrices are scaled.
-With ``logprobs`` each completion carries its sampled tokens' log-probs (``token_logprobs``).
+With ``logprobs`` each completion carries its sampled tokens' log-probs (``token_logprobs``); ``token_ids``
+asks for their ids too, by vLLM's ``return_tokens_as_token_ids`` (``plumb serve`` answers it; servers that
+ignore it leave ``Completion.token_ids`` None).
 
 ``option_logprobs`` asks for one token at temperature 0 with ``logprobs: true, top_logprobs: 20``
 (llama.cpp's server and vLLM answer it) and reads the options off that first token: an option's
@@ -90,15 +92,18 @@ def to_completion(choice: dict[str, Any], usage: dict[str, Any], name: str, para
         text = choice["message"]["content"] or ""
     except (KeyError, TypeError):
         raise PlumbError(f"malformed chat completion from {name}: a choice has no message content.") from None
-    lps = chosen = None
+    lps = chosen = ids = None
     content = (choice.get("logprobs") or {}).get("content") if params.logprobs else None
     if content:
         lps = [{alt["token"]: float(alt["logprob"]) for alt in tok.get("top_logprobs", [])} for tok in content]
         chosen = [float(tok["logprob"]) for tok in content if "logprob" in tok]
+        tokens = [str(tok.get("token", "")) for tok in content]
+        if all(t.startswith("token_id:") for t in tokens):
+            ids = [int(t.removeprefix("token_id:")) for t in tokens]
     tokens = len(content) if content else round(int(usage.get("completion_tokens", 0)) / max(1, choices))
     return Completion(text=text, model=name, backend="openai", finish_reason=choice.get("finish_reason") or "stop",
                       prompt_tokens=int(usage.get("prompt_tokens", 0)), completion_tokens=tokens, top_logprobs=lps,
-                      token_logprobs=chosen, params=params.to_dict())
+                      token_logprobs=chosen, params=params.to_dict(), token_ids=ids)
 
 
 def choices_of(data: Any, model: ModelSpec) -> list[dict[str, Any]]:
@@ -109,7 +114,7 @@ def choices_of(data: Any, model: ModelSpec) -> list[dict[str, Any]]:
 
 
 def complete_chat(pool: Pool, name: str, model: ModelSpec, chat: Chat, params: SamplingParams,
-                  adapter: Adapter | None = None) -> list[Completion]:
+                  adapter: Adapter | None = None, token_ids: bool = False) -> list[Completion]:
     out: list[Completion] = []
     while len(out) < params.n:
         body: dict[str, Any] = {
@@ -122,17 +127,21 @@ def complete_chat(pool: Pool, name: str, model: ModelSpec, chat: Chat, params: S
             body["stop"] = list(params.stop)
         if params.logprobs:
             body.update(logprobs=True, top_logprobs=params.logprobs)
+            if token_ids:
+                body["return_tokens_as_token_ids"] = True
         data = pool.post("/chat/completions", body, adapter)
         choices = choices_of(data, model)
         out += [to_completion(c, data.get("usage") or {}, str(model), params, len(choices)) for c in choices]
     return out[: params.n]
 
 
-def generate(model: ModelSpec, chats: list[Chat], params: SamplingParams) -> list[list[Completion]]:
+def generate(model: ModelSpec, chats: list[Chat], params: SamplingParams,
+             token_ids: bool = False) -> list[list[Completion]]:
+    """``params.n`` completions per chat, in order (``token_ids``: see the module docstring)."""
     pool, name = pool_of(model)
     adapter = adapter_of(model)
     name = adapter.name if adapter else name
-    return pool.map(lambda chat: complete_chat(pool, name, model, chat, params, adapter), chats)
+    return pool.map(lambda chat: complete_chat(pool, name, model, chat, params, adapter, token_ids), chats)
 
 
 def first_token_logprobs(pool: Pool, name: str, model: ModelSpec, chat: Chat,

@@ -57,7 +57,6 @@ import json
 import math
 import random
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -259,9 +258,7 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
         sp = SamplingParams(n=G, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_completion_length,
                             seed=(cfg.seed * 1_000_003 + step * 1009) & 0x7FFFFFFF)
         sampler.refresh(step)
-        # (a server reports the sampled tokens' log-probs when asked: every rank asks, rank 0 measures on all)
-        asked = replace(sp, logprobs=1) if gap_step and kind == "openai" else sp
-        rolls = sampler.sample([step_tasks[k].prompt for k in mine], asked, mine) if mine else []
+        rolls = sampler.sample([step_tasks[k].prompt for k in mine], sp, mine) if mine else []
         t_sample = time.perf_counter()
 
         # 2. rewards, then every rank's rollouts on every rank (group order); advantages; OUT/rollouts.jsonl

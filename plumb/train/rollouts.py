@@ -152,14 +152,23 @@ class TextSampler:
                 shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
         self.lora, self.dirty = str(path), False
 
+    def draw(self, chats: list[Chat], params: SamplingParams) -> list[list[Completion]]:
+        return self.ctx.generate(self.spec, chats, params)
+
     def sample(self, chats: list[Chat], params: SamplingParams, groups: list[int] | None = None) -> list[Rollout]:
         """(completion j of every chat is seeded ``seed + j``, whatever the chat's place in the call: a group's
-        answers do not depend on which rank samples it; ``groups`` is not needed.)"""
-        sampled = self.ctx.generate(self.spec, chats, params)
+        answers do not depend on which rank samples it; ``groups`` is not needed.) A completion that carries its
+        sampled token ids is trained on them, EOS appended when it stopped; the others on their text re-tokenized."""
+        sampled = self.draw(chats, params)
+        eos = self.tok.eos_token_id
         out = []
         for p, (chat, comps) in enumerate(zip(chats, sampled)):
             prompt_ids, answers, _ = data.tokenize(self.tok, chat.to_dicts(), [c.text for c in comps])
             for c, ids in zip(comps, answers):
+                if c.token_ids is not None:
+                    stop = c.finish_reason == "stop" and not (c.token_ids and c.token_ids[-1] == eos)
+                    out.append(Rollout(p, c, prompt_ids, list(c.token_ids) + [eos] * stop))
+                    continue
                 if c.finish_reason != "stop":
                     ids = ids[:-1]  # cut off at max tokens: it did not choose to stop there
                 n = len(ids) - (c.finish_reason == "stop")
@@ -201,9 +210,11 @@ class LlamaSampler(TextSampler):
 class ServerSampler(TextSampler):
     """Rollouts from a pool of OpenAI-compatible servers (``openai:URL[,URL...][#MODEL]``): after each
     update the LoRA is saved as a peft directory, ``OUT/adapter-step-N/``, which every server that takes a
-    request loads by vLLM's runtime LoRA API (``plumb.serving``; the servers must see the path). The gap is
-    measured on the sampled tokens' own log-probs as the server reports them (``logprobs`` on the steps that
-    measure it), where llama.cpp's sampler teacher-forces the text again."""
+    request loads by vLLM's runtime LoRA API (``plumb.serving``; the servers must see the path). Every request
+    asks for the sampled tokens' log-probs and ids (vLLM's ``return_tokens_as_token_ids``; ``plumb serve``
+    answers it): the trainer scores exactly the tokens the server sampled, as TRL does with vLLM, and the gap
+    is measured on the server's own log-probs of them. A server that gives no ids (llama_cpp.server) is
+    re-tokenized as for llama.cpp."""
 
     backend = "openai"
 
@@ -218,15 +229,20 @@ class ServerSampler(TextSampler):
     def export(self, path: Path) -> None:
         self.model.save_pretrained(path)
 
+    def draw(self, chats: list[Chat], params: SamplingParams) -> list[list[Completion]]:
+        from plumb.serving import openai_chat
+
+        return openai_chat.generate(self.spec, chats, replace(params, logprobs=1), token_ids=True)
+
     def sampled_tokens(self, c: Completion) -> int | None:
         """Exact with log-probs (one per token); without, unknown (a server counts the tokens of all n choices
         together), and the completion is not counted either way."""
         return len(c.token_logprobs) if c.token_logprobs is not None else None
 
     def gap(self, chats: list[Chat], rolls: list[Rollout], train_logps) -> dict[str, float]:
-        """|log pi_train(y) - log pi_sample(y)| per token on up to GAP_SAMPLES completions whose re-tokenization
-        has the server's token count (its log-probs then line up with the trainer's tokens; the EOS is in both
-        sums when the server counts it, as vLLM does, else in neither)."""
+        """|log pi_train(y) - log pi_sample(y)| per token on up to GAP_SAMPLES completions trained on the server's
+        own token ids, or else whose re-tokenization has the server's token count (its log-probs then line up
+        with the trainer's tokens; the EOS is in both sums when the server counts it, else in neither)."""
         picked, counts = [], []
         for r in rolls:
             k = len(r.completion.token_logprobs or [])
