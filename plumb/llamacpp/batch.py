@@ -246,9 +246,10 @@ def run_round(bc: BatchContext, loaded: Loaded, prompts: list[list[int]], parts:
         """Take ``s``'s next token (drawn from the logits at batch ``index``); stop it if it is done."""
         if params.logprobs:
             logits = bc.logits(index, n_vocab)
-            s.top.append(top_logprobs(loaded, logits, params.logprobs))
+            logp = log_softmax(logits)
+            s.top.append(top_logprobs(loaded, logits, params.logprobs, logp))
             if not llama_cpp.llama_vocab_is_eog(vocab, tok):
-                s.chosen.append(float(log_softmax(logits)[tok]))
+                s.chosen.append(float(logp[tok]))
         if llama_cpp.llama_vocab_is_eog(vocab, tok):
             s.finish = "stop"
             return

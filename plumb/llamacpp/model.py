@@ -279,14 +279,15 @@ def log_softmax(logits):
     return z - np.log(np.exp(z).sum())
 
 
-def top_logprobs(loaded: Loaded, logits, k: int) -> dict[str, float]:
+def top_logprobs(loaded: Loaded, logits, k: int, logp=None) -> dict[str, float]:
     """The ``k`` most likely next texts -> log-prob, most likely first. Distinct tokens with the
-    same text are one entry: the log of their summed probability over the whole vocabulary."""
+    same text are one entry: the log of their summed probability over the whole vocabulary.
+    ``logp``: ``log_softmax(logits)`` when the caller has it."""
     import numpy as np
 
-    logp = log_softmax(logits)
+    logp = log_softmax(logits) if logp is None else logp
     vocab = loaded.vocab_text()
-    top = np.argpartition(-logp, min(k, len(logp) - 1))[:k]
+    top = [int(np.argmax(logp))] if k == 1 else np.argpartition(-logp, min(k, len(logp) - 1))[:k]
     out: dict[str, float] = {}
     for tid in top:
         text = vocab.texts[tid]
@@ -384,13 +385,14 @@ def complete(loaded: Loaded, tokens: list[int], params: SamplingParams, sampler,
             break
         tok = llama_cpp.llama_sampler_sample(sampler, llm._ctx.ctx, -1)
         if lps is not None:
-            lps.append(top_logprobs(loaded, logits, params.logprobs))
+            logp = log_softmax(logits)
+            lps.append(top_logprobs(loaded, logits, params.logprobs, logp))
         if llama_cpp.llama_vocab_is_eog(vocab, tok):
             finish = "stop"
             break
         out.append(tok)
         if lps is not None:
-            chosen.append(float(log_softmax(logits)[tok]))
+            chosen.append(float(logp[tok]))
         text, stopped = cut_at_stop(llm.detokenize(out).decode("utf-8", "replace"), params.stop)
         if on_text is not None:
             on_text(text)
