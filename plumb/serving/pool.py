@@ -226,7 +226,8 @@ class Pool:
 
     def _load(self, server: Server, adapter: Adapter) -> None:
         """``adapter`` on ``server`` unless plumb loaded it there already; the oldest of plumb's adapters
-        there is unloaded first when it has ``MAX_ADAPTERS``. Unreachable when the server is."""
+        there is unloaded first when it has ``MAX_ADAPTERS``. Unreachable or Busy as ``send`` (``post`` handles
+        them as for the request itself)."""
         with server.loading:
             if adapter.name not in server.adapters:
                 while len(server.adapters) >= MAX_ADAPTERS:
@@ -245,8 +246,6 @@ class Pool:
                         raise PlumbError(f"{server.url} could not load the LoRA adapter {adapter.path}: {exc}. A vLLM "
                                          "server needs --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, and "
                                          "must see the path on its own file system.") from None
-                except Busy as exc:
-                    raise Unreachable(f"loading the adapter {adapter.name}: {exc}") from None
             server.adapters[adapter.name] = time.monotonic()
 
     def post(self, path: str, body: dict[str, Any], adapter: Adapter | None = None) -> dict[str, Any]:

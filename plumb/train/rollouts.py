@@ -29,8 +29,9 @@ chat template, completion ids with EOS appended when the answer stopped):
 * ``ServerSampler``: a pool of OpenAI-compatible servers (``rollouts =
   "openai:URL,URL"``): after every update the LoRA is saved as a peft directory
   ``OUT/adapter-step-N/`` that the servers load by vLLM's runtime LoRA API
-  (``plumb.serving``); the text is re-tokenized as for llama.cpp, and the gap is
-  measured on the servers' log-probs of the sampled tokens.
+  (``plumb.serving``); the trainer scores the token ids the servers sampled
+  (re-tokenized text where a server gives no ids), and the gap is measured on
+  the servers' own log-probs of those tokens.
 
 ``batch_of`` turns rollouts into the trainer's batch: the G answers to a prompt
 share one row, ``prompt + answer_1 + ... + answer_G`` under a 4D mask, so the
@@ -119,8 +120,10 @@ class HFSampler:
 
 
 class TextSampler:
-    """A sampler that returns text (llama.cpp, a server): ``ctx.generate`` on ``spec``, then the trainer's
-    re-tokenization of each answer (``data.tokenize``) and the count of those with another length."""
+    """A sampler whose engine gives completions (llama.cpp, servers), not the trainer's tensors: each update
+    exported where the engine loads it (``refresh``), answers drawn on ``spec`` (``draw``), and each turned into
+    the ids the trainer scores (``sample``): the engine's own token ids where it gives them, else the trainer's
+    re-tokenization of the text (``data.tokenize``), counted when its length differs from the sampler's."""
 
     backend = ""
     suffix = ""  # of the exported adapter's path
@@ -148,8 +151,12 @@ class TextSampler:
         path = self.out / f"adapter-step-{step}{self.suffix}"
         self.export(path)
         for old in self.out.glob(f"adapter-step-*{self.suffix}"):
-            if old != path and old.suffix == self.suffix:
-                shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+            if old == path or old.suffix != self.suffix:
+                continue
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink(missing_ok=True)
         self.lora, self.dirty = str(path), False
 
     def draw(self, chats: list[Chat], params: SamplingParams) -> list[list[Completion]]:
