@@ -71,16 +71,21 @@ def port_of(url: str) -> int:
 
 @contextlib.contextmanager
 def running(servers: list[tuple[subprocess.Popen, str]], seconds: float = 60):
-    """Waits for each (process, base URL) that ``start_*`` returned to answer, yields them, and kills every one
-    at the end, answering or not."""
+    """Waits for each (process, base URL) that ``start_*`` returned to answer, yields them, and stops every one
+    at the end (SIGTERM: `plumb serve` removes its converted adapters; SIGKILL after 10 s)."""
     try:
         for proc, url in servers:
             wait_up(proc, url, proc.log_path, seconds)
         yield servers
     finally:
         for proc, _ in servers:
-            proc.kill()
-            proc.wait(10)
+            proc.terminate()
+        for proc, _ in servers:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
 
 def wait_up(proc: subprocess.Popen, base: str, log_path, seconds: float) -> None:

@@ -10,6 +10,8 @@ them serves GRPO's rollouts (``-o rollouts='"openai:http://h1:8001/v1,http://h2:
 
 from __future__ import annotations
 
+import signal
+
 import click
 
 from plumb.core.errors import PlumbError
@@ -37,6 +39,11 @@ def serve(model: str, host: str, port: int, hf_dir: str | None, verbose: bool) -
     server = make_server(spec.target, host, port, hf_dir, verbose)
     bound = server.server_address
     click.echo(f"serving {spec.target} on http://{bound[0]}:{bound[1]}/v1 (Ctrl-C stops)", err=True)
+
+    def stop(signum, frame):  # SIGTERM too: the converted adapters are removed on the way out
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
