@@ -129,7 +129,7 @@ def test_a_scaled_adapter_moves_the_weights_that_share_of_the_way(tiny_model_dir
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from plumb.pipeline.export import scaled_adapter
+    from plumb.export.lora_to_gguf import scaled_adapter
 
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),

@@ -222,9 +222,9 @@ def sample_batched(loaded: Loaded, prompts: list[list[int]], params: SamplingPar
     bc = batch_context(loaded)
     bc.follow_adapter(loaded)
     results: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
+    lps = bool(params.logprobs)
     for parts in plan(prompts, params.n, params.max_tokens, loaded.n_ctx, bc.cells, bc.seqs):
         for s in run_round(bc, loaded, prompts, parts, params):
-            lps = bool(params.logprobs)
             results[s.prompt][s.sample] = Completion(
                 text=s.text, model=name, backend="llamacpp", finish_reason=s.finish or "length",
                 prompt_tokens=s.n_prompt, completion_tokens=len(s.out), params=params.to_dict(),
@@ -244,13 +244,14 @@ def run_round(bc: BatchContext, loaded: Loaded, prompts: list[list[int]], parts:
 
     def advance(s: Sequence, tok: int, index: int) -> None:
         """Take ``s``'s next token (drawn from the logits at batch ``index``); stop it if it is done."""
+        eog = llama_cpp.llama_vocab_is_eog(vocab, tok)
         if params.logprobs:
             logits = bc.logits(index, n_vocab)
             logp = log_softmax(logits)
             s.top.append(top_logprobs(loaded, logits, params.logprobs, logp))
-            if not llama_cpp.llama_vocab_is_eog(vocab, tok):
+            if not eog:
                 s.chosen.append(float(logp[tok]))
-        if llama_cpp.llama_vocab_is_eog(vocab, tok):
+        if eog:
             s.finish = "stop"
             return
         s.out.append(tok)

@@ -23,6 +23,7 @@ concurrent requests wait their turn. Errors answer ``{"error": {"message", "type
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -83,7 +84,7 @@ class State:
         if source.is_dir():
             from plumb.export.lora_to_gguf import export_lora
 
-            gguf = self.work / f"{len(list(self.work.iterdir()))}-{name}.gguf"
+            gguf = self.work / f"{hashlib.sha256(name.encode()).hexdigest()[:16]}.gguf"  # any name, a safe file
             try:
                 export_lora(source, gguf, base_dir=self.base_dir)
             except (PlumbError, OSError, KeyError, ValueError) as exc:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from plumb.core.cache import sha256_of as sha256
 from plumb.core.records import Event, EventSink
-from plumb.export.lora_to_gguf import scaled_adapter  # noqa: F401 - the stages' name for it
 from plumb.pipeline.session import Session
 
 

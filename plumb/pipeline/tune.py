@@ -211,15 +211,15 @@ def tune(session: Session, opts: TuneOptions, sink: EventSink | None = None) -> 
     chosen, choice, trained = run.choose()
     clock.lap("choose")
 
-    if run.adapters == "peft":  # servers load the peft directory itself
-        adapter_gguf = Path(session.root).resolve() / "adapter"
+    peft = run.adapters == "peft"  # servers load the peft directory itself; llama.cpp the GGUF LoRA
+    adapter_gguf = Path(session.root).resolve() / ("adapter" if peft else "adapter.gguf")
+    if peft:
         shutil.rmtree(adapter_gguf, ignore_errors=True)
         shutil.copytree(chosen, adapter_gguf)
     else:
-        adapter_gguf = Path(session.root).resolve() / "adapter.gguf"
         shutil.copyfile(chosen, adapter_gguf)
-    session.store.add_artifact("gguf-lora" if run.adapters == "gguf" else "adapter", str(adapter_gguf),
-                               trained.run_id, meta={"checkpoint": choice["chosen"], "base": base_gguf})
+    session.store.add_artifact("adapter" if peft else "gguf-lora", str(adapter_gguf), trained.run_id,
+                               meta={"checkpoint": choice["chosen"], "base": base_gguf})
     clock.lap("export")
 
     result, tax = run.evaluate(str(adapter_gguf))

@@ -22,7 +22,8 @@ from plumb.pipeline.agreement import agreement
 from plumb.pipeline.compare import CompareOptions, compare
 from plumb.pipeline.critique import CritiqueOptions, critique
 from plumb.pipeline.evaluate import EvalOptions, evaluate
-from plumb.pipeline.export import export_adapter, scaled_adapter
+from plumb.export.lora_to_gguf import scaled_adapter
+from plumb.pipeline.export import export_adapter
 from plumb.pipeline.judge import JudgeOptions, judge
 from plumb.pipeline.pairs import build
 from plumb.pipeline.probe import KEEP, free_form, probe

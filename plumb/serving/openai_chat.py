@@ -57,6 +57,14 @@ def pool_of(model: ModelSpec) -> tuple[Pool, str]:
     return pool_for(urls, {"Authorization": f"Bearer {key}"} if key else None), name
 
 
+def served(model: ModelSpec) -> tuple[Pool, str, Adapter | None]:
+    """(the pool, the model name the requests ask for, the adapter loaded first): the adapter's name when the
+    spec has one (``adapter_of``), else the target's ``#MODEL``."""
+    pool, name = pool_of(model)
+    adapter = adapter_of(model)
+    return pool, adapter.name if adapter else name, adapter
+
+
 def _weights(path: Path) -> Path:
     if path.is_file():
         return path
@@ -97,9 +105,9 @@ def to_completion(choice: dict[str, Any], usage: dict[str, Any], name: str, para
     if content:
         lps = [{alt["token"]: float(alt["logprob"]) for alt in tok.get("top_logprobs", [])} for tok in content]
         chosen = [float(tok["logprob"]) for tok in content if "logprob" in tok]
-        tokens = [str(tok.get("token", "")) for tok in content]
-        if all(t.startswith("token_id:") for t in tokens):
-            ids = [int(t.removeprefix("token_id:")) for t in tokens]
+        spelled = [str(tok.get("token", "")) for tok in content]
+        if all(t.startswith("token_id:") for t in spelled):
+            ids = [int(t.removeprefix("token_id:")) for t in spelled]
     tokens = len(content) if content else round(int(usage.get("completion_tokens", 0)) / max(1, choices))
     return Completion(text=text, model=name, backend="openai", finish_reason=choice.get("finish_reason") or "stop",
                       prompt_tokens=int(usage.get("prompt_tokens", 0)), completion_tokens=tokens, top_logprobs=lps,
@@ -138,9 +146,7 @@ def complete_chat(pool: Pool, name: str, model: ModelSpec, chat: Chat, params: S
 def generate(model: ModelSpec, chats: list[Chat], params: SamplingParams,
              token_ids: bool = False) -> list[list[Completion]]:
     """``params.n`` completions per chat, in order (``token_ids``: see the module docstring)."""
-    pool, name = pool_of(model)
-    adapter = adapter_of(model)
-    name = adapter.name if adapter else name
+    pool, name, adapter = served(model)
     return pool.map(lambda chat: complete_chat(pool, name, model, chat, params, adapter, token_ids), chats)
 
 
@@ -170,9 +176,7 @@ def score_options(top: dict[str, float], options: list[str]) -> dict[str, float]
 
 
 def option_logprobs(model: ModelSpec, chats: list[Chat], options: list[str]) -> list[dict[str, float]] | None:
-    pool, name = pool_of(model)
-    adapter = adapter_of(model)
-    name = adapter.name if adapter else name
+    pool, name, adapter = served(model)
     tops = pool.map(lambda chat: first_token_logprobs(pool, name, model, chat, adapter), chats)
     if any(top is None for top in tops):
         return None
