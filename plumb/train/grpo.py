@@ -5,7 +5,7 @@
                            config={"rewards": {"exact": 1.0}, "steps": 50}), ctx)
 
 For each step: take ``prompts_per_step`` prompts, sample G answers to each from
-the current policy (llama.cpp or transformers, ``rollouts.py``), score them
+the current policy (llama.cpp, transformers or servers, ``samplers.py``), score them
 with every verifier (``ctx.reward``), and turn the weighted rewards into
 advantages within each group, ``A = (r - mean) / (std + 1e-4)`` (TRL's
 unbiased std and epsilon; ``scale_rewards = "batch"`` divides by the batch's
@@ -68,8 +68,8 @@ from plumb.train import checkpoint, data, grpo_eval
 from plumb.train.runtime import (end_step, get_lr, nonfinite, oom_stop, optimizer_for, out_of_time, peak_memory_mb,
                                  policy as policy_of, resume, start, write_adapter)
 from plumb.train.options import GRPOConfig
-from plumb.train.rollouts import (HFSampler, LlamaSampler, RolloutLog, ServerSampler, base_gguf, batch_of, gather,
-                                  reward_metrics, row_logps, score, task_of, token_logps)
+from plumb.train.rollouts import RolloutLog, batch_of, gather, reward_metrics, row_logps, score, task_of, token_logps
+from plumb.train.samplers import HFSampler, LlamaSampler, ServerSampler, base_gguf
 
 EPS = 1e-4  # TRL's epsilon in the advantage's denominator
 
@@ -129,7 +129,8 @@ def grpo_loss(logps, old, ref, adv, weight, beta: float, eps_low: float, eps_hig
 
 def mismatch_rate(rolls) -> dict[str, float]:
     """The share of completions whose re-tokenization has another length than the sampler's tokens, over those
-    whose sampled length is known (all of them but a server's answers on steps without log-probs)."""
+    whose sampled length is known (all but a server's answers that came without log-probs); the ones trained on
+    the sampler's own ids count as matching."""
     known = [r.mismatch for r in rolls if r.mismatch is not None]
     return {"sampling/retokenized_mismatch": sum(known) / len(known)} if known else {}
 
@@ -254,7 +255,7 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
         idx = step_prompts(len(tasks), cfg.prompts_per_step, step, cfg.seed, cfg.shuffle)
         step_tasks = [tasks[i] for i in idx]
         mine = world.shard(list(range(len(idx))))
-        gap_step = kind != "hf" and cfg.gap_every > 0 and step % cfg.gap_every == 0
+        measure = kind != "hf" and cfg.gap_every > 0 and step % cfg.gap_every == 0 and world.main
         sp = SamplingParams(n=G, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_completion_length,
                             seed=(cfg.seed * 1_000_003 + step * 1009) & 0x7FFFFFFF)
         sampler.refresh(step)
@@ -286,7 +287,7 @@ def train(run: RunSpec, ctx, *, policy: tuple[Any, Any] | None = None) -> RunRes
 
         # 3. the sampler/trainer gap, on the weights that sampled (llama.cpp or servers, every gap_every steps)
         extra: dict[str, float] = {}
-        if gap_step and world.main:
+        if measure:
             def train_logps(picked):
                 with torch.no_grad(), autocast():
                     return row_logps(model, picked, pad_id, device, 1.0)  # both at T = 1: the models' gap
